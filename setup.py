@@ -1,0 +1,42 @@
+"""t2t_image: the Image Transformer (Parmar et al., ICML 2018) in TensorFlow 2 / Keras 3."""
+
+import setuptools
+
+setuptools.setup(
+    name="t2t_image",
+    version="0.1.0",
+    description=(
+        "Image Transformer (Parmar et al., 2018) for TensorFlow 2 / Keras 3, "
+        "numerically faithful to Tensor2Tensor."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["t2t_image", "t2t_image.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "keras>=3.15,<4",
+        "tensorflow-datasets==4.9.10",
+        # tensorflow-datasets 4.9.10 imports it on Python 3.11 without declaring it.
+        "importlib_resources",
+        # TF 2.21 no longer depends on it; without it every tf.summary call raises.
+        "tensorboard==2.21.*",
+        "gin-config==0.5.0",
+        "absl-py",
+        "numpy",
+        "pillow",
+    ],
+    # tensorflow-cpu and tensorflow are different distributions, so TF comes
+    # through an extra, as in Tensor2Tensor.
+    extras_require={
+        "cpu": ["tensorflow-cpu==2.21.*"],
+        "gpu": ["tensorflow[and-cuda]==2.21.*"],
+        "test": ["pytest", "pytest-xdist"],
+    },
+    entry_points={"console_scripts": []},
+    include_package_data=True,
+    package_data={"t2t_image": ["gin/*.gin"]},
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
