@@ -1,0 +1,415 @@
+"""The decoder-only Image Transformer (Parmar et al., ICML 2018)."""
+
+import math
+
+import keras
+from keras import ops
+
+from t2t_image.layers import initializers
+from t2t_image.layers.image_transformer_block import ImageTransformerBlock
+from t2t_image.layers.image_transformer_block import check_sequence
+from t2t_image.layers.multi_head_attention import check_attention_settings
+from t2t_image.layers.ordinal_pixel_embedding import OrdinalPixelEmbedding
+from t2t_image.layers.pixel_embedding import PixelEmbedding
+from t2t_image.layers.position_signal import PositionSignal
+from t2t_image.ops.categorical import categorical_log_prob
+from t2t_image.ops.dmol import discretized_mix_logistic_loss
+from t2t_image.ops.local_attention_2d import right_shift_block_raster
+from t2t_image.ops.local_attention_2d import right_shift_blockwise
+
+LIKELIHOODS = ("cat", "dmol")
+BLOCK_SHIFTS = ("blockwise", "block_raster")
+
+
+def nats_to_bits_per_dim(nats, num_dims):
+    """Converts a negative log-likelihood in nats to bits per dimension."""
+    return nats / (num_dims * math.log(2.0))
+
+
+@keras.saving.register_keras_serializable(package="t2t_image")
+class ImageTransformer(keras.Model):
+    """The decoder-only Image Transformer: p(image) as a product of sub-pixel terms.
+
+    The image is read as a sequence: with ``likelihood="cat"`` of sub-pixels
+    (a `[height, channels * width]` grid, channel embeddings interleaved along
+    the width) each with a 256-way softmax; with ``likelihood="dmol"`` of
+    pixels, each with a discretized mixture of ``num_mixtures`` logistics over
+    its three channels. The input is shifted right by one position (for
+    ``local_2d``, T2T shifts inside each query block: the first element of
+    every block gets zeros and the last element of a block is seen only as a
+    key of later blocks' flanges; ``block_shift="block_raster"`` shifts along
+    the whole block-raster generation order instead), position signals and
+    the class embedding are added, and ``num_decoder_layers`` blocks of
+    masked local self-attention + FFN follow. Image Transformer, Sections 3
+    and 4 (Figure 1; Table 4 / Section 5.1 for unconditional and Section 5.2
+    for class-conditional generation).
+
+    Args:
+        image_height: int, image rows.
+        image_width: int, image columns.
+        num_channels: int, channels per pixel (3; "dmol" needs 3).
+        hidden_size: int, model depth d.
+        filter_size: int, FFN hidden depth.
+        num_heads: int, attention heads.
+        num_decoder_layers: int, number of decoder blocks.
+        dec_attention_type: "local_1d", "local_2d" or "global".
+        block_length: int, "local_1d" query block length (in positions).
+        query_shape: (rows, cols), "local_2d" query block on the position grid.
+        memory_flange: (rows, cols), "local_2d" memory flange.
+        key_channels: int, total attention key depth (0: hidden_size).
+        value_channels: int, total attention value depth (0: hidden_size).
+        likelihood: "cat" or "dmol".
+        num_mixtures: int, logistic mixture components for "dmol".
+        pos: "timing" (sinusoids) or "emb" (learned row/column tables).
+        num_classes: int or None; when set, a class embedding is added to
+            every position and ``labels`` are required.
+        layer_preprocess_sequence: str, T2T pre-process sequence ("none", "n").
+        layer_postprocess_sequence: str, T2T post-process sequence ("dan", "da").
+        layer_prepostprocess_dropout: float.
+        relu_dropout: float.
+        attention_dropout: float (global attention only, as in T2T).
+        block_shift: "blockwise" (T2T) or "block_raster", the input shift of
+            the "local_2d" decoder.
+        norm_epsilon: float, layer-norm epsilon (T2T: 1e-6).
+        **kwargs: passed on to `keras.Model`.
+
+    Call arguments:
+        features: dict with ``targets`` integer `[batch, height, width, 3]`
+            in 0..255 and, for a conditional model, ``labels`` int `[batch]`.
+        training: bool, whether dropout is active.
+
+    Returns:
+        float32 logits `[batch, height, width, channels, 256]` ("cat") or
+        mixture parameters `[batch, height, width, 10 * num_mixtures]` ("dmol").
+
+    Example:
+    >>> model = ImageTransformer(image_height=8, image_width=8, hidden_size=32,
+    ...     filter_size=64, num_heads=2, num_decoder_layers=1, block_length=8)
+    >>> model({"targets": np.zeros((2, 8, 8, 3), "uint8")}).shape
+    (2, 8, 8, 3, 256)
+    """
+
+    def __init__(
+        self,
+        image_height=32,
+        image_width=32,
+        num_channels=3,
+        hidden_size=512,
+        filter_size=2048,
+        num_heads=8,
+        num_decoder_layers=12,
+        dec_attention_type="local_1d",
+        block_length=256,
+        query_shape=(8, 16),
+        memory_flange=(8, 16),
+        key_channels=0,
+        value_channels=0,
+        likelihood="cat",
+        num_mixtures=10,
+        pos="timing",
+        num_classes=None,
+        layer_preprocess_sequence="none",
+        layer_postprocess_sequence="dan",
+        layer_prepostprocess_dropout=0.1,
+        relu_dropout=0.0,
+        attention_dropout=0.0,
+        block_shift="blockwise",
+        norm_epsilon=1e-6,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.image_height = image_height
+        self.image_width = image_width
+        self.num_channels = num_channels
+        self.hidden_size = hidden_size
+        self.filter_size = filter_size
+        self.num_heads = num_heads
+        self.num_decoder_layers = num_decoder_layers
+        self.dec_attention_type = dec_attention_type
+        self.block_length = block_length
+        self.query_shape = tuple(query_shape)
+        self.memory_flange = tuple(memory_flange)
+        self.key_channels = key_channels
+        self.value_channels = value_channels
+        self.likelihood = likelihood
+        self.num_mixtures = num_mixtures
+        self.pos = pos
+        self.num_classes = num_classes
+        self.layer_preprocess_sequence = layer_preprocess_sequence
+        self.layer_postprocess_sequence = layer_postprocess_sequence
+        self.layer_prepostprocess_dropout = layer_prepostprocess_dropout
+        self.relu_dropout = relu_dropout
+        self.attention_dropout = attention_dropout
+        self.block_shift = block_shift
+        self.norm_epsilon = norm_epsilon
+        self._check_config()
+
+    # ----------------------------------------------------------------- config
+    @property
+    def grid_shape(self):
+        """(rows, cols) of the position grid: sub-pixels for "cat", pixels for "dmol"."""
+        if self.likelihood == "cat":
+            return (self.image_height, self.num_channels * self.image_width)
+        return (self.image_height, self.image_width)
+
+    def _check_config(self):
+        def positive(name):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+        for name in ("image_height", "image_width", "num_channels", "hidden_size",
+                     "filter_size", "num_heads", "num_decoder_layers"):
+            positive(name)
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}.")
+        if self.likelihood == "dmol":
+            positive("num_mixtures")
+            if self.num_channels != 3:
+                raise ValueError(
+                    "likelihood='dmol' models exactly 3 channels (RGB), got "
+                    f"num_channels={self.num_channels}."
+                )
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads "
+                f"({self.num_heads})."
+            )
+        check_attention_settings(self.dec_attention_type, True, self.block_length,
+                                 self.query_shape, self.memory_flange)
+        if self.dec_attention_type == "local_2d":
+            rows, cols = self.grid_shape
+            if self.query_shape[0] > rows or self.query_shape[1] > cols:
+                raise ValueError(
+                    f"query_shape {self.query_shape} is larger than the "
+                    f"{rows}x{cols} position grid of a {self.image_height}x"
+                    f"{self.image_width} image with likelihood={self.likelihood!r}."
+                )
+        if self.num_classes is not None:
+            positive("num_classes")
+        if self.pos not in ("timing", "emb"):
+            raise ValueError(f"pos must be 'timing' or 'emb', got {self.pos!r}.")
+        if self.block_shift not in BLOCK_SHIFTS:
+            raise ValueError(f"block_shift must be one of {BLOCK_SHIFTS}, got {self.block_shift!r}.")
+        check_sequence("layer_preprocess_sequence", self.layer_preprocess_sequence)
+        check_sequence("layer_postprocess_sequence", self.layer_postprocess_sequence)
+
+    # ------------------------------------------------------------------ build
+    def _block_args(self):
+        return dict(
+            hidden_size=self.hidden_size,
+            filter_size=self.filter_size,
+            num_heads=self.num_heads,
+            key_channels=self.key_channels,
+            value_channels=self.value_channels,
+            layer_preprocess_sequence=self.layer_preprocess_sequence,
+            layer_postprocess_sequence=self.layer_postprocess_sequence,
+            layer_prepostprocess_dropout=self.layer_prepostprocess_dropout,
+            relu_dropout=self.relu_dropout,
+            attention_dropout=self.attention_dropout,
+            norm_epsilon=self.norm_epsilon,
+            dtype=self.dtype_policy,
+        )
+
+    def _memory_shape(self, input_shape):
+        """Shape of the encoder memory the decoder attends to (None: no encoder)."""
+        return None
+
+    def build(self, input_shape):
+        self._check_feature_shapes(input_shape)
+        rows, cols = self.grid_shape
+        grid = (None, rows, cols, self.hidden_size)
+        if self.likelihood == "cat":
+            self.embedding = PixelEmbedding(
+                self.hidden_size, self.num_channels, dtype=self.dtype_policy,
+                name="pixel_embedding",
+            )
+        else:
+            self.embedding = OrdinalPixelEmbedding(
+                self.hidden_size, self.num_channels, dtype=self.dtype_policy,
+                name="pixel_embedding",
+            )
+        self.embedding.build((None, self.image_height, self.image_width, self.num_channels))
+        self.position_signal = PositionSignal(
+            self.pos, max_rows=rows, max_cols=cols, dtype=self.dtype_policy,
+            name="position_signal",
+        )
+        self.position_signal.build(grid)
+        if self.num_classes is not None:
+            self.class_embeddings = self.add_weight(
+                name="class_embeddings",
+                shape=(self.num_classes, self.hidden_size),
+                initializer=initializers.embedding_normal(self.hidden_size),
+            )
+        memory_shape = self._memory_shape(input_shape)
+        self.decoder_blocks = []
+        for i in range(self.num_decoder_layers):
+            block = ImageTransformerBlock(
+                attention_type=self.dec_attention_type,
+                masked=True,
+                cross_attention=memory_shape is not None,
+                block_length=self.block_length,
+                query_shape=self.query_shape,
+                memory_flange=self.memory_flange,
+                name=f"decoder_block_{i}",
+                **self._block_args(),
+            )
+            block.build(grid, memory_shape)
+            self.decoder_blocks.append(block)
+        self.final_norm = None
+        if "n" in check_sequence("pre", self.layer_preprocess_sequence):
+            # Layer norm is numerics-sensitive: computed in float32 under any policy.
+            self.final_norm = keras.layers.LayerNormalization(
+                epsilon=self.norm_epsilon, dtype="float32", name="decoder_final_norm"
+            )
+            self.final_norm.build(grid)
+        if self.likelihood == "cat":
+            self.output_layer = keras.layers.Dense(
+                256, use_bias=True, dtype=self.dtype_policy, name="output_logits",
+                kernel_initializer=initializers.t2t_variance_scaling(),
+            )
+        else:
+            self.output_layer = keras.layers.Dense(
+                10 * self.num_mixtures, use_bias=False, dtype=self.dtype_policy,
+                name="output_logits",
+                kernel_initializer=initializers.t2t_variance_scaling(),
+            )
+        self.output_layer.build(grid)
+
+    # --------------------------------------------------------------- checking
+    def _check_feature_shapes(self, shapes):
+        if not isinstance(shapes, dict) or "targets" not in shapes:
+            raise ValueError(
+                "ImageTransformer takes a dict with 'targets' "
+                f"[batch, {self.image_height}, {self.image_width}, {self.num_channels}], "
+                f"got {shapes!r}."
+            )
+        expected = (self.image_height, self.image_width, self.num_channels)
+        got = tuple(shapes["targets"])[1:]
+        if len(got) != 3 or any(g is not None and g != e for g, e in zip(got, expected)):
+            raise ValueError(
+                f"targets must have shape [batch, {expected[0]}, {expected[1]}, "
+                f"{expected[2]}] (image_height={self.image_height}, image_width="
+                f"{self.image_width}, num_channels={self.num_channels}), got "
+                f"{tuple(shapes['targets'])}."
+            )
+        has_labels = shapes.get("labels") is not None
+        if self.num_classes is None and has_labels:
+            raise ValueError(
+                "labels were passed to an unconditional model (num_classes=None); "
+                "set num_classes to train a class-conditional model."
+            )
+        if self.num_classes is not None and not has_labels:
+            raise ValueError(
+                f"this model is class-conditional (num_classes={self.num_classes}) "
+                "and needs features['labels'] of shape [batch]."
+            )
+
+    # ---------------------------------------------------------------- forward
+    def shift_and_embed(self, targets, labels=None):
+        """Decoder input: embedded targets shifted right, plus positions and class.
+
+        Returns `[batch, rows, cols, hidden_size]` on the position grid.
+        """
+        x = self.embedding(targets)
+        rows, cols = self.grid_shape
+        if self.dec_attention_type == "local_2d":
+            shift = (right_shift_blockwise if self.block_shift == "blockwise"
+                     else right_shift_block_raster)
+            x = shift(x, self.query_shape)
+        else:
+            x = ops.reshape(x, (-1, rows * cols, self.hidden_size))
+            x = ops.pad(x[:, :-1], ((0, 0), (1, 0), (0, 0)))
+            x = ops.reshape(x, (-1, rows, cols, self.hidden_size))
+        x = self.position_signal(x)
+        if self.num_classes is not None:
+            table = ops.cast(self.class_embeddings, x.dtype)
+            emb = ops.take(table, ops.cast(labels, "int32"), axis=0)
+            # T2T's class-label bottom multiplies the embedding by sqrt(d).
+            x = x + emb[:, None, None, :] * (float(self.hidden_size) ** 0.5)
+        return x
+
+    def encode(self, features, training=None):
+        """Encoder memory for the decoder's encoder-decoder attention (None here)."""
+        return None
+
+    def decode(self, x, memory=None, training=None):
+        """Runs the decoder blocks and the output layer on the shifted input grid."""
+        for block in self.decoder_blocks:
+            x = block(x, memory, training=training)
+        if self.final_norm is not None:
+            x = ops.cast(self.final_norm(x), self.compute_dtype)
+        logits = ops.cast(self.output_layer(x), "float32")
+        if self.likelihood == "cat":
+            logits = ops.reshape(
+                logits, (-1, self.image_height, self.image_width, self.num_channels, 256)
+            )
+        return logits
+
+    def call(self, features, training=None):
+        self._check_feature_shapes({k: tuple(v.shape) for k, v in features.items()})
+        memory = self.encode(features, training=training)
+        x = self.shift_and_embed(features["targets"], features.get("labels"))
+        return self.decode(x, memory, training=training)
+
+    # ------------------------------------------------------------ likelihoods
+    def log_prob_from_logits(self, logits, targets):
+        """Per-image log-likelihood in nats `[batch]` (float32) of integer targets."""
+        if self.likelihood == "cat":
+            # Log-probabilities are numerics-sensitive: categorical_log_prob is float32.
+            lp = categorical_log_prob(logits, ops.cast(targets, "int32"))
+            return ops.sum(ops.reshape(lp, (ops.shape(lp)[0], -1)), axis=-1)
+        labels = ops.cast(targets, "float32") / 127.5 - 1.0
+        # The DMOL loss is computed in float32 whatever the policy.
+        nll = discretized_mix_logistic_loss(logits, labels)
+        return -ops.sum(ops.reshape(nll, (ops.shape(nll)[0], -1)), axis=-1)
+
+    def log_prob(self, features, training=False):
+        """Per-image log-likelihood log p(targets | labels) in nats, `[batch]`."""
+        return self.log_prob_from_logits(self(features, training=training), features["targets"])
+
+    @property
+    def num_dims(self):
+        """Dimensions per image (sub-pixels): height * width * channels."""
+        return self.image_height * self.image_width * self.num_channels
+
+    def bits_per_dim(self, features, training=False):
+        """Mean negative log-likelihood in bits per dimension over the batch."""
+        nats = -ops.mean(self.log_prob(features, training=training))
+        return nats_to_bits_per_dim(nats, self.num_dims)
+
+    def compute_output_shape(self, input_shape):
+        batch = input_shape["targets"][0]
+        if self.likelihood == "cat":
+            return (batch, self.image_height, self.image_width, self.num_channels, 256)
+        return (batch, self.image_height, self.image_width, 10 * self.num_mixtures)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            image_height=self.image_height,
+            image_width=self.image_width,
+            num_channels=self.num_channels,
+            hidden_size=self.hidden_size,
+            filter_size=self.filter_size,
+            num_heads=self.num_heads,
+            num_decoder_layers=self.num_decoder_layers,
+            dec_attention_type=self.dec_attention_type,
+            block_length=self.block_length,
+            query_shape=list(self.query_shape),
+            memory_flange=list(self.memory_flange),
+            key_channels=self.key_channels,
+            value_channels=self.value_channels,
+            likelihood=self.likelihood,
+            num_mixtures=self.num_mixtures,
+            pos=self.pos,
+            num_classes=self.num_classes,
+            layer_preprocess_sequence=self.layer_preprocess_sequence,
+            layer_postprocess_sequence=self.layer_postprocess_sequence,
+            layer_prepostprocess_dropout=self.layer_prepostprocess_dropout,
+            relu_dropout=self.relu_dropout,
+            attention_dropout=self.attention_dropout,
+            block_shift=self.block_shift,
+            norm_epsilon=self.norm_epsilon,
+        )
+        return config
