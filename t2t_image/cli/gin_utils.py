@@ -1,0 +1,31 @@
+"""Parsing gin files and bindings for the command-line tools."""
+
+import pathlib
+
+import gin
+
+# The repository's gin/ folder: experiment files include model and dataset files
+# relative to it (e.g. ``include 'models/cifar10_local1d_cat.gin'``).
+GIN_DIR = pathlib.Path(__file__).resolve().parents[2] / "gin"
+
+
+def parse_gin(gin_files, gin_params):
+    """Parses gin files then bindings (later ones override earlier ones).
+
+    Fails before anything runs: a missing file, an unknown configurable or a
+    parameter it does not have raises with the file or binding named.
+    """
+    from t2t_image import configurables  # noqa: F401  (registers everything)
+
+    if GIN_DIR.is_dir():
+        gin.add_config_file_search_path(str(GIN_DIR))
+    files = []
+    for path in gin_files or []:
+        found = [c for c in (pathlib.Path(path), GIN_DIR / path) if c.is_file()]
+        if not found:
+            raise FileNotFoundError(f"--gin_file={path}: no such file (also looked in {GIN_DIR}).")
+        files.append(str(found[0]))
+    try:
+        gin.parse_config_files_and_bindings(files, gin_params or [], finalize_config=False)
+    except (ValueError, KeyError, SyntaxError, IOError) as e:
+        raise ValueError(f"gin configuration error: {e}") from e

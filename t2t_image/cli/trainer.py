@@ -1,0 +1,71 @@
+"""t2t-image-trainer: train or evaluate a gin-configured Image Transformer.
+
+    t2t-image-trainer --gin_file=gin/quickstart.gin --model_dir=/tmp/run
+    t2t-image-trainer --gin_file=... --model_dir=D --mode=eval [--checkpoint=...]
+    t2t-image-trainer --model_dir=D --mode=average --num_last=8
+"""
+
+import json
+import os
+
+import gin
+from absl import app
+from absl import flags
+from absl import logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("gin_file", [], "Gin files, applied in order.")
+flags.DEFINE_multi_string("gin_param", [], "Gin bindings, applied after the files.")
+flags.DEFINE_string("model_dir", None, "Directory of checkpoints, logs and results.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "average"],
+                  "train (and evaluate at the end), eval (bits/dim of a checkpoint), or "
+                  "average (write the average of the last --num_last checkpoints).")
+flags.DEFINE_string("checkpoint", None, "Checkpoint to evaluate (default: the latest).")
+flags.DEFINE_integer("num_last", 5, "How many recent checkpoints --mode=average averages.")
+
+
+def main(argv):
+    del argv
+    from t2t_image.cli.gin_utils import parse_gin
+
+    if not FLAGS.model_dir:
+        raise app.UsageError("--model_dir is required.")
+    parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+    from t2t_image import configurables
+
+    trainer = configurables.Trainer(model_dir=FLAGS.model_dir)
+    trainer.build()  # data, model and optimizer: configuration errors surface here
+    if trainer.is_chief:
+        write_operative_config(FLAGS.model_dir, gin.operative_config_str())
+    if FLAGS.mode == "train":
+        results = trainer.train()
+    elif FLAGS.mode == "eval":
+        results = trainer.evaluate(FLAGS.checkpoint)
+    else:
+        results = {"averaged_checkpoint": trainer.average_checkpoints(FLAGS.num_last)}
+    if results is not None:
+        print(json.dumps(results))
+
+
+def write_operative_config(model_dir, config):
+    """Writes the operative gin config to model_dir and to TensorBoard as text."""
+    import tensorflow as tf
+
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
+        f.write(config)
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
+    with writer.as_default(step=0):
+        # Markdown code block so TensorBoard keeps the line breaks.
+        tf.summary.text("operative_config", "```\n" + config + "\n```")
+    writer.flush()
+
+
+def run():
+    """Console-script entry point."""
+    logging.set_verbosity(logging.INFO)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
