@@ -2,15 +2,30 @@
 
 Layers and models stay plain Keras classes; gin configures them here, at the
 edge, under the module name ``t2t_image``. A gin file binds e.g.
-``t2t_image.ImageTransformer.hidden_size = 512`` and passes
-``@t2t_image.ImageTransformer()`` to the trainer. Runtime arguments
-(``training``, caches) are call arguments and never configurable.
+``t2t_image.ImageTransformer.hidden_size = 512`` and hands the trainer
+``model_fn = @t2t_image.ImageTransformer`` (a reference: the trainer builds the
+model inside its distribution strategy). The trainer is the root
+configurable. Runtime arguments (``training``, caches, ``model_dir``) are
+call arguments and never configurable.
 """
 
 import gin
 
+from t2t_image import data
 from t2t_image import models
+from t2t_image.training import trainer
 
 MODULE = "t2t_image"
 
 ImageTransformer = gin.external_configurable(models.ImageTransformer, module=MODULE)
+Img2ImgTransformer = gin.external_configurable(models.Img2ImgTransformer, module=MODULE)
+TfdsSource = gin.external_configurable(data.TfdsSource, module=MODULE)
+Cifar10ArchiveSource = gin.external_configurable(data.Cifar10ArchiveSource, module=MODULE)
+NpzSource = gin.external_configurable(data.NpzSource, module=MODULE)
+ImageFolderSource = gin.external_configurable(data.ImageFolderSource, module=MODULE)
+make_dataset = gin.external_configurable(
+    data.make_dataset, module=MODULE, denylist=["with_info"]
+)
+Trainer = gin.external_configurable(
+    trainer.Trainer, module=MODULE, denylist=["model_dir"]
+)

@@ -1,0 +1,215 @@
+"""The ``npz`` source: images (and labels) stored in NumPy ``.npz`` files.
+
+Layout (the project's shared data uses it): an image array ``x`` uint8
+``[N, h, w, 3]`` (RGB) and optionally integer labels ``y`` / ``labels`` /
+``label`` of shape ``[N]`` and ``label_names`` (strings). Flat channel-first rows
+uint8 ``[N, 3*s*s]`` (the CIFAR python and Chrabaszcz et al. 2017 downsampled
+ImageNet npz layout: s*s red values, then green, then blue) are also accepted
+and reshaped to ``[N, s, s, 3]``.
+
+Files load with ``allow_pickle=False``. A file given for a split holds that whole
+split; several files (a list or a glob pattern) are concatenated in sorted order.
+Hold out a validation part with the split syntax of ``splits.py``, e.g.
+``split="train[:90%]"`` for training and ``split="train[90%:]"`` for evaluation
+(disjoint, TFDS "closest" rounding).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import zipfile
+
+import numpy as np
+
+from t2t_image.data import splits as splits_lib
+from t2t_image.data.imagenet import check_imagenet_version
+from t2t_image.data.sources import Source, SplitData, split_paths
+
+_IMAGE_KEYS = ("x", "images", "image", "data")
+_LABEL_KEYS = ("y", "labels", "label")
+
+
+def _expand(pattern: str) -> list[str]:
+    if any(c in pattern for c in "*?["):
+        files = sorted(glob.glob(pattern))
+        if not files:
+            raise FileNotFoundError(f"npz: no file matches {pattern!r}")
+        return files
+    if not os.path.isfile(pattern):
+        raise FileNotFoundError(f"npz: file not found: {pattern}")
+    return [pattern]
+
+
+def _pick(keys, explicit, candidates, what, path, required):
+    if explicit is not None:
+        if explicit not in keys:
+            raise ValueError(f"npz: {path} has no array {explicit!r} ({what}); it holds {sorted(keys)}")
+        return explicit
+    for key in candidates:
+        if key in keys:
+            return key
+    if required:
+        raise ValueError(
+            f"npz: {path} has no {what} array; looked for {list(candidates)}, found {sorted(keys)} "
+            f"(set the key explicitly)"
+        )
+    return None
+
+
+def _check_images(arr: np.ndarray, key: str, path: str) -> np.ndarray:
+    expected = "uint8 [N, h, w, 3] (or flat channel-first uint8 [N, 3*s*s])"
+    error = ValueError(
+        f"npz: array {key!r} in {path} has dtype {arr.dtype} and shape {arr.shape}; expected {expected}")
+    if arr.dtype != np.uint8:
+        raise error
+    if arr.ndim == 4 and arr.shape[-1] == 3 and arr.shape[1] > 0 and arr.shape[2] > 0:
+        return arr
+    if arr.ndim == 2 and arr.shape[1] % 3 == 0:
+        side = int(round((arr.shape[1] // 3) ** 0.5))
+        if side > 0 and 3 * side * side == arr.shape[1]:
+            return np.ascontiguousarray(arr.reshape(-1, 3, side, side).transpose(0, 2, 3, 1))
+    raise error
+
+
+class NpzSource(Source):
+    """Images and optional labels from ``.npz`` files (see the module docstring).
+
+    Args:
+      path: the file(s) of split ``"train"``: a path, a glob pattern or a list.
+        Give this or ``splits``.
+      splits: a mapping from split name to file(s), e.g.
+        ``{"train": "train.npz", "test": "test.npz"}``.
+      image_key: the image array; default the first of ``x``, ``images``,
+        ``image``, ``data`` present.
+      label_key: the label array; default the first of ``y``, ``labels``,
+        ``label`` present (required only for class-conditional tasks).
+      inputs_key: an array of precomputed super-resolution inputs uint8
+        ``[N, s, s, 3]`` (e.g. ``x8`` of the shared CelebA pairs); default None,
+        inputs are area-resized from the images.
+      label_offset: added to every label (``-1`` for the 1-based labels of the
+        Chrabaszcz et al. 2017 ImageNet npz files).
+      imagenet_version: ``"oord"`` or ``"chrabaszcz"`` when the files are
+        downsampled ImageNet (logged by ``make_dataset``); default None.
+    """
+
+    name = "npz"
+
+    def __init__(self, path=None, *, splits=None, image_key=None, label_key=None, inputs_key=None,
+                 label_offset=0, imagenet_version=None):
+        self.splits = split_paths(path, splits, "npz")
+        for key_name, key in (("image_key", image_key), ("label_key", label_key), ("inputs_key", inputs_key)):
+            if key is not None and (not isinstance(key, str) or not key):
+                raise ValueError(f"npz.{key_name} must be a non-empty string or None, got {key!r}")
+        if isinstance(label_offset, bool) or not isinstance(label_offset, int):
+            raise ValueError(f"npz.label_offset must be an int, got {label_offset!r}")
+        self.image_key, self.label_key, self.inputs_key = image_key, label_key, inputs_key
+        self.label_offset = label_offset
+        if imagenet_version is not None:
+            check_imagenet_version(imagenet_version, "npz.imagenet_version")
+        self.imagenet_version = imagenet_version
+        # Check that the files exist now, so a bad path fails at configuration time.
+        self._files = {name: [f for p in paths for f in _expand(p)] for name, paths in self.splits.items()}
+        self._cache: dict[str, dict] = {}
+
+    def describe(self) -> str:
+        return f"npz({', '.join(f'{k}={v}' for k, v in self.splits.items())})"
+
+    def _load_file(self, path: str) -> dict:
+        try:
+            npz = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise ValueError(f"npz: cannot read {path} as a NumPy .npz file ({e})") from e
+        if not hasattr(npz, "files"):
+            raise ValueError(f"npz: {path} is a single .npy array, expected an .npz archive of named arrays")
+        with npz:
+            keys = set(npz.files)
+            try:
+                ikey = _pick(keys, self.image_key, _IMAGE_KEYS, "image", path, required=True)
+                images = _check_images(npz[ikey], ikey, path)
+                out = {"images": images, "labels": None, "inputs": None, "label_names": None}
+                lkey = _pick(keys, self.label_key, _LABEL_KEYS, "label", path, required=False)
+                if lkey is not None:
+                    labels = npz[lkey]
+                    if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(images),):
+                        raise ValueError(
+                            f"npz: array {lkey!r} in {path} has dtype {labels.dtype} and shape "
+                            f"{labels.shape}; expected integers of shape ({len(images)},)"
+                        )
+                    labels = labels.astype(np.int64) + self.label_offset
+                    if labels.size and labels.min() < 0:
+                        raise ValueError(
+                            f"npz: array {lkey!r} in {path} has labels below 0 after "
+                            f"label_offset={self.label_offset} (min {labels.min()})"
+                        )
+                    out["labels"] = labels.astype(np.int32)
+                if self.inputs_key is not None:
+                    inputs = npz[_pick(keys, self.inputs_key, (), "inputs", path, required=True)]
+                    if (inputs.dtype != np.uint8 or inputs.ndim != 4 or inputs.shape[0] != len(images)
+                            or inputs.shape[-1] != 3):
+                        raise ValueError(
+                            f"npz: array {self.inputs_key!r} in {path} has dtype {inputs.dtype} and "
+                            f"shape {inputs.shape}; expected uint8 [{len(images)}, s, s, 3]"
+                        )
+                    out["inputs"] = inputs
+                if "label_names" in keys:
+                    names = npz["label_names"]
+                    if names.dtype.kind in "US":
+                        out["label_names"] = [str(n) for n in names.astype(str)]
+            except ValueError as e:
+                if "allow_pickle" in str(e):
+                    raise ValueError(f"npz: {path} holds object arrays, which are refused (pickles)") from e
+                raise
+        return out
+
+    def _load_base(self, name: str) -> dict:
+        if name not in self._cache:
+            parts = [self._load_file(f) for f in self._files[name]]
+            sizes = {p["images"].shape[1:] for p in parts}
+            if len(sizes) > 1:
+                raise ValueError(f"npz: the files of split {name!r} hold images of different sizes {sorted(sizes)}")
+            merged = {"images": np.concatenate([p["images"] for p in parts]) if len(parts) > 1 else parts[0]["images"]}
+            for key in ("labels", "inputs"):
+                have = [p[key] is not None for p in parts]
+                if all(have):
+                    merged[key] = np.concatenate([p[key] for p in parts]) if len(parts) > 1 else parts[0][key]
+                elif any(have):
+                    raise ValueError(f"npz: only some files of split {name!r} have {key}")
+                else:
+                    merged[key] = None
+            merged["label_names"] = parts[0]["label_names"]
+            self._cache[name] = merged
+        return self._cache[name]
+
+    def load(self, split, *, shuffle, seed, with_labels):
+        """See ``Source.load``; returns in-memory arrays."""
+        del shuffle, seed
+        pieces = []
+        for part in splits_lib.parse_split(split):
+            if part.name not in self.splits:
+                raise ValueError(f"split={split!r}: npz has splits {sorted(self.splits)}, got {part.name!r}")
+            base = self._load_base(part.name)
+            idx = part.indices(len(base["images"]))
+            pieces.append((base, slice(idx.start, idx.stop)))
+        first = pieces[0][0]
+        if with_labels and any(b["labels"] is None for b, _ in pieces):
+            raise ValueError(
+                f"npz: class-conditional task needs labels but {self.describe()} has no label array "
+                f"(looked for {self.label_key or list(_LABEL_KEYS)})"
+            )
+
+        def cat(key):
+            if any(b[key] is None for b, _ in pieces):
+                return None
+            arrays = [b[key][s] for b, s in pieces]
+            return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+
+        images = cat("images")
+        labels = cat("labels")
+        names = first["label_names"]
+        num_classes = len(names) if names else (int(labels.max()) + 1 if labels is not None and labels.size else None)
+        return SplitData(
+            images=images, labels=labels if with_labels else None, inputs=cat("inputs"),
+            num_examples=len(images), label_names=names, num_classes=num_classes,
+            description=f"{self.describe()} split {split!r}: {len(images)} images {images.shape[1:]}",
+        )
