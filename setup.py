@@ -32,9 +32,11 @@ setuptools.setup(
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
         "test": ["pytest", "pytest-xdist"],
     },
-    entry_points={"console_scripts": []},
-    include_package_data=True,
-    package_data={"t2t_image": ["gin/*.gin"]},
+    entry_points={
+        "console_scripts": [
+            "t2t-image-trainer = t2t_image.cli.trainer:run",
+        ]
+    },
     classifiers=[
         "Programming Language :: Python :: 3.11",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
