@@ -131,6 +131,7 @@ class Trainer:
         self.strategy = strategy_lib.make_strategy(strategy)
         self.is_chief = strategy_lib.is_chief(self.strategy)
         self._built = False
+        self._restored = False  # weights come from a checkpoint or from training
 
     # ------------------------------------------------------------------ setup
     def _dataset(self, fn, role):
@@ -196,6 +197,7 @@ class Trainer:
         """Restores the given checkpoint, or the latest in model_dir; returns its path."""
         self.build()
         path = checkpoint_path or self.manager.latest_checkpoint
+        self._restored = True
         if path:
             self.checkpoint.restore(path).assert_existing_objects_matched()
             logging.info("Restored %s at step %d.", path, int(self.step.numpy()))
@@ -339,12 +341,12 @@ class Trainer:
 
         Args:
             checkpoint_path: evaluate this checkpoint (restored first); None
-                evaluates the current weights (restoring the latest checkpoint
-                when the trainer has not been built yet).
+                evaluates the current weights of a trainer that has trained or
+                restored, else the latest checkpoint in model_dir.
         """
         if self.eval_dataset_fn is None:
             raise ValueError("Trainer.eval_dataset_fn is not set: nothing to evaluate on.")
-        if not self._built or checkpoint_path:
+        if checkpoint_path or not self._restored:
             path = self.restore(checkpoint_path)
         else:
             path = self.manager.latest_checkpoint
