@@ -34,9 +34,12 @@ def main(argv):
     from t2t_image import configurables
 
     trainer = configurables.Trainer(model_dir=FLAGS.model_dir)
+    if FLAGS.mode != "eval":
+        trainer.acquire_lock()  # before anything in model_dir is written
     trainer.build()  # data, model and optimizer: configuration errors surface here
     if trainer.is_chief:
-        write_operative_config(FLAGS.model_dir, gin.operative_config_str())
+        name = "operative_config_eval.gin" if FLAGS.mode == "eval" else "operative_config.gin"
+        write_operative_config(FLAGS.model_dir, gin.operative_config_str(), name)
     if FLAGS.mode == "train":
         results = trainer.train()
     elif FLAGS.mode == "eval":
@@ -47,12 +50,12 @@ def main(argv):
         print(json.dumps(results))
 
 
-def write_operative_config(model_dir, config):
+def write_operative_config(model_dir, config, name):
     """Writes the operative gin config to model_dir and to TensorBoard as text."""
     import tensorflow as tf
 
     os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
+    with open(os.path.join(model_dir, name), "w") as f:
         f.write(config)
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
     with writer.as_default(step=0):

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from t2t_image.training import run_guard
 from t2t_image.training import strategy as strategy_lib
 from t2t_image.training.schedules import NoamSchedule
 
@@ -132,6 +133,7 @@ class Trainer:
         self.is_chief = strategy_lib.is_chief(self.strategy)
         self._built = False
         self._restored = False  # weights come from a checkpoint or from training
+        self._lock = None
 
     # ------------------------------------------------------------------ setup
     def _dataset(self, fn, role):
@@ -191,6 +193,8 @@ class Trainer:
             self.checkpoint, ckpt_dir, max_to_keep=self.keep_checkpoints,
             checkpoint_name="ckpt",
         )
+        # Resuming with another architecture fails here, before any step runs.
+        run_guard.check_model_config(self.model_dir, self.model)
         self._built = True
 
     def restore(self, checkpoint_path=None):
@@ -267,7 +271,14 @@ class Trainer:
                 tf.summary.create_file_writer(os.path.join(root, "eval")))
 
     def _save(self, step):
-        path = self.manager.save(checkpoint_number=step)
+        try:
+            path = self.manager.save(checkpoint_number=step)
+        except (OSError, tf.errors.OpError) as e:
+            raise RuntimeError(
+                f"cannot write the checkpoint of step {step} to {self.manager.directory}: "
+                f"{e}. Earlier checkpoints are intact; the latest complete one is "
+                f"{self.manager.latest_checkpoint}."
+            ) from e
         logging.info("Saved checkpoint %s", path)
         return path
 
@@ -277,7 +288,24 @@ class Trainer:
         Returns:
             The final evaluation results (a dict), or None without evaluation data.
         """
-        self.build()
+        self.acquire_lock()
+        try:
+            self.build()
+            return self._train()
+        finally:
+            self.release_lock()
+
+    def acquire_lock(self):
+        """Takes the model_dir lock (chief only; idempotent); fails if a live trainer holds it."""
+        if self.is_chief and self._lock is None:
+            self._lock = run_guard.ModelDirLock(self.model_dir).acquire()
+
+    def release_lock(self):
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _train(self):
         distributed = self.strategy.experimental_distribute_dataset(self.train_dataset)
         iterator = iter(distributed)
         # The data iterator's position is checkpointed too, so a resumed run
@@ -286,7 +314,8 @@ class Trainer:
         self.restore()
         train_step = self._make_train_step()
         train_writer, _ = self._summary_writers()
-        self._write_model_config()
+        if self.is_chief:
+            run_guard.write_model_config(self.model_dir, self.model)
         step = int(self.step.numpy())
         if step >= self.num_train_steps:
             logging.info("Step %d >= num_train_steps=%d: nothing to train.", step, self.num_train_steps)
@@ -425,12 +454,3 @@ class Trainer:
         with eval_writer.as_default(step=step):
             tf.summary.image("samples", grid[None], max_outputs=1)
         eval_writer.flush()
-
-    def _write_model_config(self):
-        """Writes the model's Keras config so tools can rebuild it from checkpoints."""
-        if not self.is_chief:
-            return
-        tf.io.gfile.makedirs(self.model_dir)
-        config = keras.saving.serialize_keras_object(self.model)
-        with tf.io.gfile.GFile(os.path.join(self.model_dir, "model_config.json"), "w") as f:
-            json.dump(config, f, indent=2)
