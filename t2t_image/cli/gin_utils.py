@@ -1,5 +1,6 @@
 """Parsing gin files and bindings for the command-line tools."""
 
+import logging
 import pathlib
 
 import gin
@@ -7,6 +8,12 @@ import gin
 # The repository's gin/ folder: experiment files include model and dataset files
 # relative to it (e.g. ``include 'models/cifar10_local1d_cat.gin'``).
 GIN_DIR = pathlib.Path(__file__).resolve().parents[2] / "gin"
+
+
+def _hide_resource_reader_misses(record):
+    # Gin probes every include as a Python package resource before its search
+    # path and logs each miss as an error; the include is then found in GIN_DIR.
+    return not str(record.msg).startswith("Path not found")
 
 
 def parse_gin(gin_files, gin_params):
@@ -17,6 +24,7 @@ def parse_gin(gin_files, gin_params):
     """
     from t2t_image import configurables  # noqa: F401  (registers everything)
 
+    logging.getLogger().addFilter(_hide_resource_reader_misses)
     if GIN_DIR.is_dir():
         gin.add_config_file_search_path(str(GIN_DIR))
     files = []

@@ -266,9 +266,12 @@ class Trainer:
 
     # -------------------------------------------------------------- the loops
     def _summary_writers(self):
-        root = self.model_dir if self.is_chief else os.path.join(self.model_dir, "tmp_workers")
-        return (tf.summary.create_file_writer(os.path.join(root, "train")),
-                tf.summary.create_file_writer(os.path.join(root, "eval")))
+        """The (train, eval) summary writers, created once per trainer."""
+        if getattr(self, "_writers", None) is None:
+            root = self.model_dir if self.is_chief else os.path.join(self.model_dir, "tmp_workers")
+            self._writers = (tf.summary.create_file_writer(os.path.join(root, "train")),
+                             tf.summary.create_file_writer(os.path.join(root, "eval")))
+        return self._writers
 
     def _save(self, step):
         try:
@@ -357,8 +360,8 @@ class Trainer:
         train_writer.flush()
         if self.eval_dataset is not None:
             results = self.evaluate()
-        if self.sample_every:
-            self.write_samples(step)
+        if self.sample_every and step % self.sample_every:
+            self.write_samples(step)  # the loop has not sampled this final step yet
         return results
 
     def evaluate(self, checkpoint_path=None):
