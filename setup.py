@@ -35,6 +35,8 @@ setuptools.setup(
     entry_points={
         "console_scripts": [
             "t2t-image-trainer = t2t_image.cli.trainer:run",
+            "t2t-image-sampler = t2t_image.cli.sampler:run",
+            "t2t-image-exporter = t2t_image.cli.exporter:run",
         ]
     },
     classifiers=[

@@ -66,6 +66,10 @@ class ImageTransformerBlock(keras.layers.Layer):
     Returns:
         Float tensor of the same shape as ``inputs``.
 
+    Incremental decoding: ``init_cache(batch_size, memory)`` and
+    ``call_step(inputs, cache, position)`` compute the block for one new
+    position with cached attention keys/values (see ``call_step``).
+
     Example:
     >>> block = ImageTransformerBlock(16, 32, 2, attention_type="local_1d",
     ...                               block_length=8)
@@ -193,6 +197,11 @@ class ImageTransformerBlock(keras.layers.Layer):
                 self._add_norms(f"{name}_pre", self._pre, inputs_shape),
                 self._add_norms(f"{name}_post", self._post, inputs_shape),
             )
+        # tf.train.Checkpoint does not follow Keras-tracked lists: without these
+        # attributes a TF checkpoint of the block would miss its layer norms.
+        # (Keras .keras/.weights.h5 files keep using the ``norms`` list.)
+        for i, norm in enumerate(self.norms):
+            setattr(self, f"_norm_{i}", norm)
 
     def _process(self, sequence, slots, x, residual, training):
         norms = iter(self.norms[i] for i in slots)
@@ -232,6 +241,63 @@ class ImageTransformerBlock(keras.layers.Layer):
             x,
             training,
         )
+
+    # ------------------------------------------------------ incremental decoding
+    def init_cache(self, batch_size, memory=None):
+        """Decoding cache of the block: empty self-attention keys/values and,
+        with ``cross_attention``, the projected encoder ``memory`` (computed once).
+
+        T2T ``fast_decode``'s per-layer cache; Parmar et al. 2018, Sec. 3.
+
+        Args:
+            batch_size: int or scalar int tensor.
+            memory: encoder output `[batch, length, hidden_size]`, required when
+                ``cross_attention`` is True.
+
+        Returns:
+            dict ``{"self_attention": ..., ["encdec_attention": ...]}`` of tensors.
+        """
+        cache = {"self_attention": self.self_attention.init_cache(batch_size)}
+        if self.cross_attention:
+            if memory is None:
+                raise ValueError("ImageTransformerBlock(cross_attention=True) needs a memory.")
+            cache["encdec_attention"] = self.encdec_attention.memory_cache(memory)
+        return cache
+
+    def call_step(self, inputs, cache, position):
+        """The block's output at one new position (incremental decoding).
+
+        Same sub-layers and pre/post-processing as ``call`` (inference: no
+        dropout), with ``MultiHeadAttention.call_step`` for the attentions.
+        T2T ``transformer_decoder`` with a decoding cache (``fast_decode``);
+        Parmar et al. 2018, Sec. 3.
+
+        Args:
+            inputs: float tensor `[batch, hidden_size]`, the position's input.
+            cache: dict from ``init_cache`` (or a previous ``call_step``).
+            position: scalar int32 tensor, raster index of the position on the grid.
+
+        Returns:
+            ``(outputs, cache)``: float `[batch, hidden_size]` and the updated cache.
+        """
+        new_cache = dict(cache)
+
+        def self_attention(y):
+            out, new_cache["self_attention"] = self.self_attention.call_step(
+                y, cache["self_attention"], position
+            )
+            return out
+
+        x = self._sublayer("self_attention", self_attention, inputs, False)
+        if self.cross_attention:
+            x = self._sublayer(
+                "encdec_attention",
+                lambda y: self.encdec_attention.call_step(y, cache["encdec_attention"])[0],
+                x,
+                False,
+            )
+        x = self._sublayer("ffn", lambda y: self.ffn_output(self.ffn_hidden(y)), x, False)
+        return x, new_cache
 
     def compute_output_shape(self, inputs_shape, memory_shape=None):
         return inputs_shape

@@ -1,9 +1,13 @@
 """Multi-head attention over image grids: local 1D, local 2D and global."""
 
+import functools
+
 import keras
+import numpy as np
 from keras import ops
 
 from t2t_image.layers import initializers
+from t2t_image.ops.dot_product_attention import NEG_INF
 from t2t_image.ops.dot_product_attention import dot_product_attention
 from t2t_image.ops.local_attention_1d import masked_local_attention_1d
 from t2t_image.ops.local_attention_2d import local_attention_2d
@@ -34,6 +38,84 @@ def check_attention_settings(attention_type, masked, block_length, query_shape,
             raise ValueError(
                 f"memory_flange must be two non-negative ints, got {tuple(memory_flange)}."
             )
+
+
+def decoding_window(attention_type, grid_shape, block_length=256, query_shape=(8, 16),
+                    memory_flange=(8, 16)):
+    """Static key windows of masked self-attention for incremental decoding.
+
+    For every query position ``p`` (raster index on the ``rows x cols`` grid),
+    the key positions that the full-sequence masked attention lets it see:
+    ``local_1d``: the previous and the current block of ``block_length`` up to
+    ``p`` (the whole causal prefix when ``rows * cols < 2 * block_length``, as
+    in ``masked_local_attention_1d``); ``local_2d``: the top flange, the left
+    flange and the causal part of the query block (block-local raster order),
+    the memory layout of ``masked_local_attention_2d``; ``global``: the causal
+    prefix. Windows are padded to a common length ``M``; padded slots and key
+    positions outside the image are marked invisible.
+
+    Parmar et al. 2018, Sec. 3.2 (local 1D/2D attention), here as gather
+    tables for the cached decoder (T2T's ``fast_decode`` caches keys/values
+    the same way but only for 1D/global attention).
+
+    Args:
+        attention_type: "local_1d", "local_2d" or "global".
+        grid_shape: (rows, cols) of the position grid.
+        block_length: int, "local_1d" block length.
+        query_shape: (rows, cols), "local_2d" query block.
+        memory_flange: (rows, cols), "local_2d" memory flange.
+
+    Returns:
+        ``None`` when every query sees its whole causal prefix (``global``, or
+        ``local_1d`` with one block); otherwise ``(indices, visible)``: NumPy
+        int32 ``[rows * cols, M]`` key positions (always valid indices) and
+        bool ``[rows * cols, M]``.
+    """
+    check_attention_settings(attention_type, True, block_length, query_shape, memory_flange)
+    return _decoding_window(attention_type, tuple(int(d) for d in grid_shape), int(block_length),
+                            tuple(int(d) for d in query_shape),
+                            tuple(int(d) for d in memory_flange))
+
+
+@functools.lru_cache(maxsize=32)
+def _decoding_window(attention_type, grid_shape, block_length, query_shape, memory_flange):
+    # Cached: the tables are rebuilt on every trace of a decoding step otherwise.
+    rows, cols = grid_shape
+    length = rows * cols
+    position = np.arange(length)[:, None]
+    if attention_type == "global" or (
+        attention_type == "local_1d" and length < 2 * block_length
+    ):
+        return None
+    if attention_type == "local_1d":
+        # One contiguous run of 2 * block_length keys, shifted into the grid at both ends.
+        first = (position // block_length - 1) * block_length
+        keys = np.clip(first, 0, length - 2 * block_length) + np.arange(2 * block_length)[None, :]
+        visible = (keys >= first) & (keys <= position)
+    else:
+        (qh, qw), (f0, f1) = query_shape, memory_flange
+        regions = []  # (row offset, rows, col offset, cols) relative to the block corner
+        if f0 > 0:
+            regions.append((-f0, f0, -f1, qw + 2 * f1))
+        if f1 > 0:
+            regions.append((0, qh, -f1, f1))
+        regions.append((0, qh, 0, qw))
+        qr, qc = np.divmod(position, cols)
+        r0, c0 = qr // qh * qh, qc // qw * qw
+        key_rows, key_cols, center = [], [], []
+        for row_offset, num_rows, col_offset, num_cols in regions:
+            dr, dc = np.divmod(np.arange(num_rows * num_cols)[None, :], num_cols)
+            key_rows.append(r0 + row_offset + dr)
+            key_cols.append(c0 + col_offset + dc)
+            center.append(np.full(dr.shape, row_offset == 0 and col_offset == 0))
+        kr, kc = np.concatenate(key_rows, 1), np.concatenate(key_cols, 1)
+        is_center = np.concatenate(center, 1)
+        inside = (kr >= 0) & (kr < rows) & (kc >= 0) & (kc < cols)
+        causal = (kr - r0) * qw + (kc - c0) <= (qr - r0) * qw + (qc - c0)
+        visible = inside & (~is_center | causal)
+        keys = kr * cols + kc
+    indices = np.where(visible, keys, 0).astype(np.int32)
+    return indices, visible
 
 
 @keras.saving.register_keras_serializable(package="t2t_image")
@@ -78,6 +160,11 @@ class MultiHeadAttention(keras.layers.Layer):
 
     Returns:
         Float tensor `[batch, rows, cols, hidden_size]`.
+
+    Incremental decoding (one position per call, keys/values cached):
+    ``init_cache`` / ``call_step(inputs, cache, position)`` for masked
+    self-attention, ``memory_cache`` / ``call_step(inputs, cache)`` for the
+    encoder-decoder attention; see ``call_step``.
 
     Example:
     >>> att = MultiHeadAttention(16, 2, attention_type="local_1d", block_length=8)
@@ -129,6 +216,8 @@ class MultiHeadAttention(keras.layers.Layer):
             )
         key_channels = self.key_channels or self.hidden_size
         value_channels = self.value_channels or self.hidden_size
+        # The position grid, needed by the incremental decoder's static windows.
+        self._grid_shape = tuple(inputs_shape[1:-1])
         memory_shape = inputs_shape if memory_shape is None else memory_shape
 
         def dense(units, name):
@@ -190,6 +279,151 @@ class MultiHeadAttention(keras.layers.Layer):
         out = self._merge_heads(out)
         out = ops.reshape(out, (-1,) + grid + (out.shape[-1],))
         return self.output_dense(out)
+
+    # ------------------------------------------------------ incremental decoding
+    def _decoding_grid(self):
+        grid = getattr(self, "_grid_shape", None)
+        if grid is None or len(grid) != 2 or None in grid:
+            raise ValueError(
+                "incremental decoding needs a layer built on a static [batch, rows, cols, "
+                f"depth] grid, got grid {grid!r}."
+            )
+        return grid
+
+    def init_cache(self, batch_size):
+        """Empty key/value cache of masked self-attention for incremental decoding.
+
+        T2T ``fast_decode``'s per-layer ``k``/``v`` cache (Parmar et al. 2018,
+        Sec. 3.2 attention, decoded one position at a time).
+
+        Args:
+            batch_size: int or scalar int tensor.
+
+        Returns:
+            dict with ``key`` `[batch, heads, slots, key_channels / heads]` and
+            ``value`` `[batch, heads, slots, value_channels / heads]`, zeros in
+            the compute dtype. Heads lead so that a step's attention is a
+            batched matrix-vector product without transposes. ``slots`` is
+            ``rows * cols`` (indexed by raster position on the grid the layer
+            was built for), except for a windowed "local_1d" layer: a ring of
+            ``2 * block_length`` slots (position ``p`` in slot ``p mod slots``)
+            holding only the previous and the current block.
+        """
+        if not self.masked:
+            raise ValueError("init_cache is for masked self-attention (masked=True), got "
+                             "masked=False; use memory_cache for encoder-decoder attention.")
+        heads, slots = self.num_heads, self._cache_slots()
+
+        def zeros(units):
+            return ops.zeros((batch_size, heads, slots, units // heads), self.compute_dtype)
+
+        return {"key": zeros(self.key_dense.units), "value": zeros(self.value_dense.units)}
+
+    def memory_cache(self, memory):
+        """Projected keys/values of an encoder memory, computed once for decoding.
+
+        T2T ``fast_decode``'s ``k_encdec``/``v_encdec`` cache entries
+        (Parmar et al. 2018, Sec. 5.3 encoder-decoder attention).
+
+        Args:
+            memory: float tensor `[batch, ..., depth_m]` (the encoder output).
+
+        Returns:
+            dict with ``key`` `[batch, heads, length_m, key_channels / heads]`
+            and ``value`` `[batch, heads, length_m, value_channels / heads]`
+            (memory positions flattened in raster order).
+        """
+        def project(dense):
+            x = dense(memory)
+            x = ops.reshape(x, (-1, _prod(tuple(x.shape[1:-1])), x.shape[-1]))
+            return self._split_heads(x)
+
+        return {"key": project(self.key_dense), "value": project(self.value_dense)}
+
+    def _ring(self):
+        """Whether the decoding cache is a ring of the last two local_1d blocks."""
+        rows, cols = self._decoding_grid()
+        return self.attention_type == "local_1d" and rows * cols >= 2 * self.block_length
+
+    def _cache_slots(self):
+        rows, cols = self._decoding_grid()
+        return 2 * self.block_length if self._ring() else rows * cols
+
+    def _step_heads(self, x):
+        # [batch, channels] -> [batch, heads, 1, channels / heads]
+        return ops.reshape(x, (-1, self.num_heads, 1, x.shape[-1] // self.num_heads))
+
+    def call_step(self, inputs, cache, position=None):
+        """Attention output of one new position, with cached keys and values.
+
+        With ``position`` (masked self-attention): the key and value of
+        ``inputs`` are written into ``cache`` at raster index ``position`` and
+        the query attends to the keys the full-sequence masked attention would
+        show it (``decoding_window``; for "local_1d" the ring cache holds
+        exactly the previous and current block); all of them were written by
+        earlier steps of the generation order. Without
+        ``position`` (encoder-decoder attention): the query attends to every
+        key of a ``memory_cache`` and the cache is returned unchanged. Gives
+        the output of ``call`` at that position (no dropout: inference only).
+
+        Incremental decoding as in T2T's ``fast_decode`` /
+        ``multihead_attention(cache=...)``, extended to local 1D/2D attention
+        (Parmar et al. 2018, Sec. 3.2).
+
+        Args:
+            inputs: float tensor `[batch, depth]`, the new position's input.
+            cache: dict from ``init_cache`` (self-attention) or ``memory_cache``.
+            position: scalar int32 tensor (or int), raster index on the grid of
+                the position being decoded; None for encoder-decoder attention.
+
+        Returns:
+            ``(outputs, cache)``: float `[batch, hidden_size]` and the updated cache.
+        """
+        q = self._step_heads(self.query_dense(inputs))
+        q = q * ops.cast((q.shape[-1]) ** -0.5, q.dtype)
+        bias = None
+        if position is None:
+            k, v = cache["key"], cache["value"]
+        else:
+            if not self.masked:
+                raise ValueError("call_step with a position needs masked self-attention "
+                                 "(masked=True), got masked=False.")
+            position = ops.cast(position, "int32")
+            slots = self._cache_slots()
+            slot = position % slots if self._ring() else position
+            start = (0, 0, slot, 0)
+            cache = {
+                "key": ops.slice_update(cache["key"], start,
+                                        self._step_heads(self.key_dense(inputs))),
+                "value": ops.slice_update(cache["value"], start,
+                                          self._step_heads(self.value_dense(inputs))),
+            }
+            rows, cols = self._decoding_grid()
+            window = None if self._ring() else decoding_window(
+                self.attention_type, (rows, cols), self.block_length, self.query_shape,
+                self.memory_flange)
+            if self._ring():
+                # The local_1d ring: slot s holds the latest position <= `position`
+                # congruent to s; the previous and the current block are visible.
+                k, v = cache["key"], cache["value"]
+                key_position = position - (position - ops.arange(slots, dtype="int32")) % slots
+                first = ops.maximum((position // self.block_length - 1) * self.block_length, 0)
+                visible = key_position >= first
+            elif window is None:
+                # Global attention (or one local_1d block): the causal prefix.
+                k, v = cache["key"], cache["value"]
+                visible = ops.arange(slots, dtype="int32") <= position
+            else:
+                # A gather of the static window (reading the updated cache with a
+                # dynamic slice instead makes XLA copy the cache at every step).
+                index = ops.take(ops.convert_to_tensor(window[0]), position, axis=0)
+                visible = ops.take(ops.convert_to_tensor(window[1]), position, axis=0)
+                k = ops.take(cache["key"], index, axis=2)
+                v = ops.take(cache["value"], index, axis=2)
+            # The mask bias is float32, as everywhere in the attention softmax.
+            bias = ops.cast(ops.where(visible, 0.0, NEG_INF), "float32")[None, None, None, :]
+        out = dot_product_attention(q, k, v, bias=bias)  # [batch, heads, 1, depth_v]
+        return self.output_dense(ops.reshape(out, (-1, out.shape[1] * out.shape[3]))), cache
 
     def compute_output_shape(self, inputs_shape, memory_shape=None):
         return tuple(inputs_shape[:-1]) + (self.hidden_size,)

@@ -3,6 +3,7 @@
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from t2t_image.layers import initializers
@@ -14,6 +15,7 @@ from t2t_image.layers.pixel_embedding import PixelEmbedding
 from t2t_image.layers.position_signal import PositionSignal
 from t2t_image.ops.categorical import categorical_log_prob
 from t2t_image.ops.dmol import discretized_mix_logistic_loss
+from t2t_image.ops.local_attention_2d import block_raster_order
 from t2t_image.ops.local_attention_2d import right_shift_block_raster
 from t2t_image.ops.local_attention_2d import right_shift_blockwise
 
@@ -81,6 +83,11 @@ class ImageTransformer(keras.Model):
     Returns:
         float32 logits `[batch, height, width, channels, 256]` ("cat") or
         mixture parameters `[batch, height, width, 10 * num_mixtures]` ("dmol").
+
+    Incremental decoding (used by ``t2t_image.sampling.sample``):
+    ``init_cache(batch_size, features)`` runs the encoder once and allocates
+    the key/value caches; ``call_step(targets, cache, position)`` returns the
+    outputs of one grid position given the positions generated before it.
 
     Example:
     >>> model = ImageTransformer(image_height=8, image_width=8, hidden_size=32,
@@ -275,6 +282,22 @@ class ImageTransformer(keras.Model):
                 kernel_initializer=initializers.t2t_variance_scaling(),
             )
         self.output_layer.build(grid)
+        self._track_layer_lists()
+
+    def _track_layer_lists(self):
+        """Makes the layers held in lists (decoder and encoder blocks) checkpointable.
+
+        ``tf.train.Checkpoint`` (the trainer's checkpoints) does not follow
+        Keras-tracked lists, so each listed layer is also kept as a private
+        attribute ``_{list name}_{index}``. Keras ``.keras`` / ``.weights.h5``
+        files visit private attributes last and keep using the lists.
+        """
+        for name, value in list(vars(self).items()):
+            if name.startswith("_") or not isinstance(value, (list, tuple)):
+                continue
+            if value and all(isinstance(v, keras.layers.Layer) for v in value):
+                for i, layer in enumerate(value):
+                    setattr(self, f"_{name}_{i}", layer)
 
     # --------------------------------------------------------------- checking
     def _check_feature_shapes(self, shapes):
@@ -351,6 +374,143 @@ class ImageTransformer(keras.Model):
         memory = self.encode(features, training=training)
         x = self.shift_and_embed(features["targets"], features.get("labels"))
         return self.decode(x, memory, training=training)
+
+    # ---------------------------------------------------- incremental decoding
+    def decoder_input_sources(self):
+        """Which grid position's target each decoder input position holds.
+
+        The decoder input at grid position ``p`` (raster index on
+        ``grid_shape``) is the embedding of the target at ``sources[p]``, or
+        zeros where ``sources[p] == -1``: the previous position in raster order
+        ("local_1d", "global"); for "local_2d" the previous position in
+        block-local raster order on the zero-padded grid (``block_shift=
+        "blockwise"``, T2T ``right_shift_blockwise``: block starts and
+        positions right after padding get zeros) or the previous position in
+        block-raster generation order (``"block_raster"``).
+
+        Returns:
+            NumPy int64 array ``[rows * cols]``.
+        """
+        rows, cols = self.grid_shape
+        sources = np.arange(rows * cols, dtype=np.int64) - 1
+        if self.dec_attention_type != "local_2d":
+            return sources
+        order = block_raster_order(rows, cols, self.query_shape)
+        if self.block_shift == "block_raster":
+            sources[order[0]] = -1
+            sources[order[1:]] = order[:-1]
+            return sources
+        qh, qw = self.query_shape
+        r, c = np.divmod(np.arange(rows * cols), cols)
+        local = (r % qh) * qw + c % qw  # block-local raster index on the padded block
+        prev_r, prev_c = r - r % qh + (local - 1) // qw, c - c % qw + (local - 1) % qw
+        real = (local > 0) & (prev_c < cols)
+        return np.where(real, prev_r * cols + prev_c, -1)
+
+    def init_cache(self, batch_size, features=None):
+        """Starts incremental decoding: encoder output, empty caches, constants.
+
+        Runs ``encode(features)`` once (for encoder-decoder subclasses) and
+        projects its memory for every block, allocates the self-attention
+        key/value caches, and precomputes the position signal of every grid
+        position and the class embedding of every sample.
+
+        T2T ``fast_decode``'s cache initialisation (Parmar et al. 2018, Sec. 3).
+
+        Args:
+            batch_size: int or scalar int tensor, the number of images.
+            features: dict with the conditioning entries (``labels`` `[batch]`
+                for class-conditional models, ``inputs`` for encoder-decoder
+                models); ``targets`` is not needed.
+
+        Returns:
+            A dict of tensors for ``call_step``.
+        """
+        features = dict(features or {})
+        if not self.built:
+            raise ValueError("init_cache needs a built model: call it on a batch first.")
+        if self.num_classes is not None and features.get("labels") is None:
+            raise ValueError(
+                f"this model is class-conditional (num_classes={self.num_classes}) "
+                "and needs features['labels'] of shape [batch]."
+            )
+        if self.num_classes is None and features.get("labels") is not None:
+            raise ValueError("labels were passed to an unconditional model (num_classes=None).")
+        memory = self.encode(features, training=False)
+        rows, cols = self.grid_shape
+        signal = self.position_signal(
+            ops.zeros((1, rows, cols, self.hidden_size), self.compute_dtype)
+        )
+        cache = {
+            "position_signal": ops.reshape(signal, (rows * cols, self.hidden_size)),
+            "blocks": [block.init_cache(batch_size, memory) for block in self.decoder_blocks],
+        }
+        if self.num_classes is not None:
+            table = ops.cast(self.class_embeddings, self.compute_dtype)
+            emb = ops.take(table, ops.cast(features["labels"], "int32"), axis=0)
+            # As in shift_and_embed: T2T's class-label bottom multiplies by sqrt(d).
+            cache["class_embedding"] = emb * (float(self.hidden_size) ** 0.5)
+        return cache
+
+    def _step_input(self, targets, position, cache):
+        """Decoder input `[batch, d]` at ``position``, as ``shift_and_embed`` builds it."""
+        rows, cols = self.grid_shape
+        source = ops.take(ops.convert_to_tensor(self.decoder_input_sources().astype("int32")),
+                          position, axis=0)
+        has_source = source >= 0
+        source = ops.maximum(source, 0)
+        # The source's whole pixel is embedded; "cat" then keeps its channel.
+        pixels_per_row = self.image_width
+        if self.likelihood == "cat":
+            pixel = (source // cols) * pixels_per_row + (source % cols) // self.num_channels
+        else:
+            pixel = source
+        flat = ops.reshape(targets, (-1, self.image_height * self.image_width, self.num_channels))
+        values = ops.take(flat, pixel, axis=1)[:, None, None, :]  # [batch, 1, 1, channels]
+        emb = self.embedding(values)  # "cat": [b, 1, channels, d]; "dmol": [b, 1, 1, d]
+        if self.likelihood == "cat":
+            emb = ops.take(emb[:, 0], source % self.num_channels, axis=1)
+        else:
+            emb = emb[:, 0, 0]
+        x = ops.where(has_source, emb, ops.zeros_like(emb))
+        x = x + ops.take(cache["position_signal"], position, axis=0)[None, :]
+        if self.num_classes is not None:
+            x = x + cache["class_embedding"]
+        return x
+
+    def call_step(self, targets, cache, position):
+        """Model outputs at one grid position, decoding incrementally.
+
+        Equals ``self(features)`` at ``position`` (within float rounding) when
+        ``targets`` holds every position generated before ``position`` in the
+        generation order (``t2t_image.sampling.generation_order``) and every
+        earlier position was passed to ``call_step`` with the same cache; the
+        other entries of ``targets`` are ignored. Inference only (no dropout).
+
+        T2T ``fast_decode``'s ``symbols_to_logits_fn`` for one step, extended
+        to local 2D attention and the DMOL likelihood (Parmar et al. 2018,
+        Sec. 3.2).
+
+        Args:
+            targets: int tensor `[batch, height, width, channels]`, the image so far.
+            position: scalar int32 tensor, raster index on ``grid_shape`` (a
+                sub-pixel for "cat", a pixel for "dmol").
+            cache: dict from ``init_cache`` or the previous ``call_step``.
+
+        Returns:
+            ``(outputs, cache)``: float32 logits `[batch, 256]` of the sub-pixel
+            ("cat") or mixture parameters `[batch, 10 * num_mixtures]` of the
+            pixel ("dmol"), and the updated cache.
+        """
+        x = self._step_input(targets, position, cache)
+        new_cache = dict(cache)
+        new_cache["blocks"] = []
+        for block, block_cache in zip(self.decoder_blocks, cache["blocks"]):
+            x, block_cache = block.call_step(x, block_cache, position)
+            new_cache["blocks"].append(block_cache)
+        if self.final_norm is not None:
+            x = ops.cast(self.final_norm(x), self.compute_dtype)
+        return ops.cast(self.output_layer(x), "float32"), new_cache
 
     # ------------------------------------------------------------ likelihoods
     def log_prob_from_logits(self, logits, targets):

@@ -446,8 +446,9 @@ class Trainer:
         return path
 
     def write_samples(self, step):
-        """Writes a grid of model samples to TensorBoard (needs t2t_image.sampling)."""
+        """Writes a grid of model samples to TensorBoard and model_dir/samples/step_N.png."""
         from t2t_image.sampling import sample_grid_for_summary  # sampling builds on models
+        from t2t_image.sampling import write_image_grid
 
         if not self.is_chief:
             return
@@ -457,3 +458,6 @@ class Trainer:
         with eval_writer.as_default(step=step):
             tf.summary.image("samples", grid[None], max_outputs=1)
         eval_writer.flush()
+        path = os.path.join(self.model_dir, "samples", f"step_{step}.png")
+        write_image_grid(path, grid[None], num_columns=1, padding=0)
+        logging.info("Wrote samples to %s", path)

@@ -1,0 +1,69 @@
+"""t2t-image-exporter: write a trained model as a TF SavedModel with serving signatures.
+
+    t2t-image-exporter --model_dir=D --export_dir=E [--checkpoint=...] [--nojit_compile]
+
+The model comes from ``--model_dir`` as for t2t-image-sampler (see
+``t2t_image.cli.model_loading``). The SavedModel has the endpoints (and
+signatures) ``sample``, ``complete``, ``log_prob`` and ``serving_default``
+(= ``sample``), described in ``t2t_image.export.export_saved_model``; it
+loads with ``tf.saved_model.load(E)`` where t2t_image is not installed.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+_FLAG_NAMES = []
+
+
+def define_flags():
+    """Defines the exporter's absl flags (at most once; shared names are reused).
+
+    Flags are defined when the tool runs, not at import, so this module can be
+    imported next to other CLIs that define ``--model_dir`` / ``--checkpoint``.
+    """
+    def define(kind, name, default, help_text):
+        _FLAG_NAMES.append(name)
+        if name not in FLAGS:
+            getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
+
+    define("string", "model_dir", None, "Model directory (model.keras, or model_config.json "
+           "with TF checkpoints in checkpoints/).")
+    define("string", "checkpoint", None, "A .keras file or TF checkpoint prefix to export "
+           "instead of the model directory's latest.")
+    define("string", "export_dir", None, "Directory of the SavedModel to write.")
+    define("boolean", "jit_compile", True, "Compile the exported sampling loop with XLA.")
+    define("boolean", "overwrite", False, "Replace an existing non-empty --export_dir.")
+
+
+def main(argv):
+    """Loads the model and writes the SavedModel (T2T's ``t2t-exporter``)."""
+    del argv
+    from t2t_image.cli.model_loading import load_model
+    from t2t_image.export import export_saved_model
+
+    if not FLAGS.export_dir:
+        raise app.UsageError("--export_dir is required.")
+    if os.path.isdir(FLAGS.export_dir) and os.listdir(FLAGS.export_dir) and not FLAGS.overwrite:
+        raise app.UsageError(f"--export_dir={FLAGS.export_dir} is not empty (pass --overwrite).")
+    model, source = load_model(FLAGS.model_dir, FLAGS.checkpoint)
+    export_saved_model(model, FLAGS.export_dir, jit_compile=FLAGS.jit_compile)
+    print(f"Exported {type(model).__name__} from {source} to {FLAGS.export_dir} "
+          "(endpoints: sample, complete, log_prob, serving_default)")
+
+
+def run():
+    """Console-script entry point."""
+    define_flags()
+    main_module = sys.modules["__main__"]
+    main_module.__doc__ = __doc__  # absl prints the main module's docstring as usage
+    for flag in _FLAG_NAMES:  # and lists its key flags under --help
+        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[flag])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

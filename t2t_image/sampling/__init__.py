@@ -1,0 +1,21 @@
+"""Sampling from Image Transformers.
+
+``sample``: the fast sampler (cached incremental decoding, one compiled loop);
+``reference_sample``: the slow reference that recomputes the model at every
+step (T2T's way); ``image_grid`` / ``write_image_grid``: PNG grids of samples.
+"""
+
+from t2t_image.sampling.common import generation_order, step_seed
+from t2t_image.sampling.grids import image_grid, sample_grid_for_summary, write_image_grid
+from t2t_image.sampling.reference_sampler import reference_sample
+from t2t_image.sampling.sampler import sample
+
+__all__ = [
+    "generation_order",
+    "image_grid",
+    "reference_sample",
+    "sample",
+    "sample_grid_for_summary",
+    "step_seed",
+    "write_image_grid",
+]

@@ -1,0 +1,309 @@
+"""Shared definitions of the samplers: generation order, per-step seeds, argument checks.
+
+Both the slow reference sampler (``reference_sampler.py``) and the cached
+sampler (``sampler.py``) generate the positions of the model's grid in the
+same order and draw step ``t`` with the same stateless seed, so that with
+equal logits they produce identical images.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from t2t_image.ops.categorical import sample_categorical
+from t2t_image.ops.dmol import sample_discretized_mix_logistic
+from t2t_image.ops.local_attention_2d import block_raster_order
+
+_INT64 = np.iinfo(np.int64)
+
+
+def generation_order(model):
+    """The order in which an autoregressive Image Transformer generates its grid.
+
+    Positions are raster indices ``row * cols + col`` of ``model.grid_shape``
+    (sub-pixels ``[h, channels * w]`` for ``likelihood="cat"``, pixels
+    ``[h, w]`` for ``"dmol"``). ``local_1d`` and ``global`` decoders generate
+    in raster order; ``local_2d`` decoders in block-raster order (query blocks
+    in raster order, raster order inside a block, see
+    ``t2t_image.ops.local_attention_2d.block_raster_order``).
+
+    Parmar et al. 2018, Sec. 3.2 and Fig. 2 (generation orders of 1D and 2D
+    local attention); T2T generates in raster order via ``Transformer.infer``.
+
+    Args:
+        model: an ``ImageTransformer`` (or subclass).
+
+    Returns:
+        NumPy int64 array of length ``rows * cols``.
+    """
+    rows, cols = model.grid_shape
+    if model.dec_attention_type == "local_2d":
+        return block_raster_order(rows, cols, model.query_shape)
+    return np.arange(rows * cols, dtype=np.int64)
+
+
+def step_coordinates(model, order=None):
+    """Image coordinates written at each generation step.
+
+    Args:
+        model: an ``ImageTransformer``.
+        order: optional generation order (default ``generation_order(model)``).
+
+    Returns:
+        ``(rows, cols, channels)``: NumPy int64 arrays of length
+        ``len(order)``; step ``t`` writes pixel ``(rows[t], cols[t])``, channel
+        ``channels[t]`` for "cat" models and all channels (``channels[t] == 0``)
+        for "dmol" models.
+
+    Parmar et al. 2018, Sec. 3.1 (a "cat" position is one channel of a pixel,
+    a "dmol" position a whole pixel).
+    """
+    order = generation_order(model) if order is None else np.asarray(order)
+    grid_cols = model.grid_shape[1]
+    row, col = np.divmod(order, grid_cols)
+    if model.likelihood == "cat":
+        col, channel = np.divmod(col, model.num_channels)
+    else:
+        channel = np.zeros_like(col)
+    return row.astype(np.int64), col.astype(np.int64), channel.astype(np.int64)
+
+
+def step_seed(seed, step):
+    """The stateless seed of generation step ``step``: ``[seed, step]`` (int64).
+
+    Works on Python ints (returns a NumPy array) and on integer tensors
+    (returns an int64 tensor of shape ``[2]``), so the Python-loop reference
+    sampler and the compiled cached sampler derive identical seeds.
+
+    Not a T2T function (T2T samples with stateful ops).
+
+    Args:
+        seed: int or scalar integer tensor, the sampling seed.
+        step: int or scalar integer tensor, the generation step index.
+
+    Returns:
+        int64 seed of shape ``[2]`` for ``t2t_image.ops.categorical`` samplers.
+    """
+    if isinstance(seed, (int, np.integer)) and isinstance(step, (int, np.integer)):
+        return np.array([int(seed), int(step)], dtype=np.int64)
+    from keras import ops
+
+    return ops.stack([ops.cast(seed, "int64"), ops.cast(step, "int64")])
+
+
+# XLA's stateless random bits differ from the TF CPU kernel's for the same seed, so
+# every draw goes through these XLA-compiled functions: eager calls (reference
+# sampler), nested calls in a plain tf.function and inlined calls in an XLA loop
+# then all produce the same values.
+_draw_categorical = tf.function(sample_categorical, jit_compile=True, reduce_retracing=True)
+_draw_dmol = tf.function(sample_discretized_mix_logistic, jit_compile=True,
+                         reduce_retracing=True)
+
+
+def draw_values(likelihood, outputs, seed, temperature):
+    """Draws the values of one generation step from the model outputs.
+
+    Both samplers draw through this function, always XLA-compiled (XLA's
+    stateless random numbers differ from the TF kernel's for the same seed),
+    so that equal outputs and seeds give equal values everywhere.
+
+    Parmar et al. 2018, Sec. 3.2 and 5 (sampling the categorical or the
+    discretized mixture of logistics, with temperature).
+
+    Args:
+        likelihood: "cat" or "dmol".
+        outputs: float32 tensor: logits `[batch, 256]` ("cat") or mixture
+            parameters `[batch, 10 * K]` ("dmol").
+        seed: int64 seed `[2]` (``step_seed``).
+        temperature: float32 scalar (tensor), >= 0.
+
+    Returns:
+        int32 `[batch]` sub-pixel values ("cat") or `[batch, 3]` pixels ("dmol").
+    """
+    seed = tf.convert_to_tensor(seed, tf.int64)
+    temperature = tf.convert_to_tensor(temperature, tf.float32)
+    draw = _draw_categorical if likelihood == "cat" else _draw_dmol
+    return draw(outputs, seed, temperature)
+
+
+def _as_int_array(name, value):
+    array = np.asarray(value)
+    if array.dtype == bool or not (
+        np.issubdtype(array.dtype, np.integer)
+        or (np.issubdtype(array.dtype, np.floating) and np.all(array == np.round(array)))
+    ):
+        raise ValueError(f"{name} must hold integers, got dtype {array.dtype}.")
+    return array.astype(np.int64)
+
+
+def check_sampling_args(model, num_samples, temperature, seed, labels, inputs, prefix,
+                        num_prefix_rows):
+    """Validates the arguments of ``sample`` / ``reference_sample``.
+
+    Not a T2T function: the argument checking both samplers share (fail early,
+    naming the argument). See ``t2t_image.sampling.sample`` for the meaning of
+    the arguments.
+
+    Args:
+        model: an ``ImageTransformer`` (or subclass).
+        num_samples, temperature, seed, labels, inputs, prefix, num_prefix_rows:
+            as in ``sample``.
+
+    Returns:
+        A dict with ``num_samples`` (int), ``temperature`` (float), ``seed``
+        (int), ``labels`` (int32 ``[n]`` or None), ``inputs`` (the array or
+        None), ``prefix`` (int32 ``[n, h, w, C]`` whose first
+        ``num_prefix_rows`` rows are the given rows, or None) and
+        ``num_prefix_rows`` (int).
+
+    Raises:
+        ValueError: naming the offending argument and the value received.
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) \
+            or num_samples <= 0:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
+    num_samples = int(num_samples)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)) \
+            or not np.isfinite(float(temperature)) or float(temperature) < 0:
+        raise ValueError(f"temperature must be a finite float >= 0, got {temperature!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
+            or not _INT64.min <= int(seed) <= _INT64.max:
+        raise ValueError(f"seed must be an int (int64 range), got {seed!r}.")
+
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is None and labels is not None:
+        raise ValueError("labels were given but the model is unconditional (num_classes=None).")
+    if num_classes is not None:
+        if labels is None:
+            raise ValueError(
+                f"the model is class-conditional (num_classes={num_classes}): pass labels "
+                "(an int, or one class per sample)."
+            )
+        labels = _as_int_array("labels", labels)
+        if labels.ndim == 0:
+            labels = np.full((num_samples,), int(labels), np.int64)
+        if labels.shape != (num_samples,):
+            raise ValueError(
+                f"labels must be an int or have shape [num_samples]=[{num_samples}], got "
+                f"shape {labels.shape}."
+            )
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(
+                f"labels must be in [0, {num_classes}) (num_classes={num_classes}), got values "
+                f"in [{labels.min()}, {labels.max()}]."
+            )
+        labels = labels.astype(np.int32)
+
+    if needs_inputs(model):
+        expected = (num_samples, model.input_height, model.input_width, model.num_channels)
+        if inputs is None:
+            raise ValueError(
+                f"this model is conditioned on low-resolution inputs: pass inputs of shape "
+                f"{list(expected)} (input_height={model.input_height}, input_width="
+                f"{model.input_width})."
+            )
+        inputs = _as_int_array("inputs", inputs)
+        if inputs.shape != expected:
+            raise ValueError(
+                f"inputs must have shape {list(expected)} (num_samples, input_height, "
+                f"input_width, num_channels), got shape {inputs.shape}."
+            )
+        if inputs.min() < 0 or inputs.max() > 255:
+            raise ValueError(
+                f"inputs values must be in 0..255, got values in [{inputs.min()}, {inputs.max()}]."
+            )
+        inputs = inputs.astype(np.int32)
+    elif inputs is not None:
+        raise ValueError("inputs were given but the model takes none (it has no encoder).")
+
+    height, width, channels = model.image_height, model.image_width, model.num_channels
+    if isinstance(num_prefix_rows, bool) or not isinstance(num_prefix_rows, (int, np.integer)) \
+            or not 0 <= num_prefix_rows <= height:
+        raise ValueError(
+            f"num_prefix_rows must be an int in [0, {height}] (image_height={height}), got "
+            f"{num_prefix_rows!r}."
+        )
+    num_prefix_rows = int(num_prefix_rows)
+    if prefix is None and num_prefix_rows > 0:
+        raise ValueError(f"num_prefix_rows={num_prefix_rows} needs a prefix image.")
+    if prefix is not None:
+        if num_prefix_rows == 0:
+            raise ValueError(
+                "a prefix was given with num_prefix_rows=0: say how many of its top rows to keep."
+            )
+        prefix = _as_int_array("prefix", prefix)
+        if prefix.ndim == 3:
+            prefix = np.broadcast_to(prefix[None], (num_samples,) + prefix.shape)
+        if (prefix.ndim != 4 or prefix.shape[0] != num_samples or prefix.shape[2:] != (width, channels)
+                or prefix.shape[1] < num_prefix_rows):
+            raise ValueError(
+                f"prefix must have shape [num_samples={num_samples}, rows >= num_prefix_rows="
+                f"{num_prefix_rows}, {width}, {channels}] (or one image without the batch axis), "
+                f"got shape {prefix.shape}."
+            )
+        if prefix.min() < 0 or prefix.max() > 255:
+            raise ValueError(
+                f"prefix values must be in 0..255, got values in [{prefix.min()}, {prefix.max()}]."
+            )
+        full = np.zeros((num_samples, height, width, channels), np.int32)
+        full[:, :num_prefix_rows] = prefix[:, :num_prefix_rows]
+        prefix = full
+    return dict(num_samples=num_samples, temperature=float(temperature), seed=int(seed),
+                labels=labels, inputs=inputs, prefix=prefix, num_prefix_rows=num_prefix_rows)
+
+
+def needs_inputs(model):
+    """Whether ``model`` is an encoder-decoder conditioned on ``features["inputs"]``.
+
+    Parmar et al. 2018, Sec. 5.3 (super-resolution: the encoder reads the
+    low-resolution image); T2T ``Img2imgTransformer``.
+
+    Args:
+        model: an ``ImageTransformer`` (or subclass).
+
+    Returns:
+        True for models with an ``input_grid_shape`` (``Img2ImgTransformer``),
+        whose ``encode`` reads ``inputs`` `[batch, input_height, input_width,
+        channels]`.
+    """
+    return hasattr(model, "input_grid_shape")
+
+
+def dummy_features(model, batch_size=1):
+    """All-zero features that build ``model``: targets plus labels or inputs as needed.
+
+    Not a T2T function (Keras models are built by a first call).
+
+    Args:
+        model: an ``ImageTransformer`` (or subclass).
+        batch_size: int.
+
+    Returns:
+        dict of int32 NumPy arrays: ``targets`` and, as the model needs them,
+        ``labels`` `[batch]` and ``inputs``.
+    """
+    shape = (batch_size, model.image_height, model.image_width, model.num_channels)
+    features = {"targets": np.zeros(shape, np.int32)}
+    if getattr(model, "num_classes", None) is not None:
+        features["labels"] = np.zeros((batch_size,), np.int32)
+    if needs_inputs(model):
+        features["inputs"] = np.zeros(
+            (batch_size, model.input_height, model.input_width, model.num_channels), np.int32)
+    return features
+
+
+def conditioning_features(args):
+    """The conditioning entries of a features dict, from ``check_sampling_args``.
+
+    Args:
+        args: the dict returned by ``check_sampling_args``.
+
+    Returns:
+        dict with ``labels`` (Sec. 5.2, class-conditional) and/or ``inputs``
+        (Sec. 5.3, super-resolution) when given; empty otherwise.
+    """
+    features = {}
+    if args["labels"] is not None:
+        features["labels"] = args["labels"]
+    if args["inputs"] is not None:
+        features["inputs"] = args["inputs"]
+    return features

@@ -1,0 +1,95 @@
+"""Loading a model directory: model.keras, or model_config.json + TF checkpoints."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from t2t_image.cli.model_loading import load_model
+from t2t_image.models import ImageTransformer
+from t2t_image.sampling.common import dummy_features
+
+
+def tiny(**overrides):
+    args = dict(image_height=4, image_width=4, hidden_size=8, filter_size=8, num_heads=2,
+                num_decoder_layers=1, block_length=4)
+    args.update(overrides)
+    model = ImageTransformer(**args)
+    model(dummy_features(model))
+    return model
+
+
+def outputs(model):
+    images = np.random.RandomState(0).randint(0, 256, (1, 4, 4, 3))
+    return np.asarray(model({"targets": images}))
+
+
+def trainer_dir(tmp_path, model, steps=(10, 20)):
+    """A directory laid out like the trainer's: model_config.json + checkpoints/ckpt-N."""
+    (tmp_path / "model_config.json").write_text(
+        json.dumps(keras.saving.serialize_keras_object(model)))
+    checkpoint = tf.train.Checkpoint(model=model, step=tf.Variable(0, dtype=tf.int64))
+    manager = tf.train.CheckpointManager(checkpoint, str(tmp_path / "checkpoints"), 5,
+                                         checkpoint_name="ckpt")
+    saved = {}
+    for step in steps:
+        for w in model.weights:
+            w.assign(w + 0.01)
+        saved[step] = (manager.save(checkpoint_number=step), outputs(model))
+    return saved
+
+
+def test_model_keras_is_preferred(tmp_path):
+    model = tiny(num_classes=3)
+    model.save(tmp_path / "model.keras")
+    loaded, source = load_model(str(tmp_path))
+    assert source.endswith("model.keras") and loaded.num_classes == 3
+    images = np.zeros((1, 4, 4, 3), np.int32)
+    features = {"targets": images, "labels": np.array([1])}
+    np.testing.assert_allclose(np.asarray(loaded(features)), np.asarray(model(features)),
+                               atol=1e-6)
+
+
+def test_trainer_layout_loads_the_latest_or_the_given_checkpoint(tmp_path):
+    model = tiny()
+    saved = trainer_dir(tmp_path, model)
+    loaded, source = load_model(str(tmp_path))
+    assert source == saved[20][0]
+    np.testing.assert_allclose(outputs(loaded), saved[20][1], atol=1e-6)
+    loaded, source = load_model(str(tmp_path), checkpoint=saved[10][0])
+    assert source == saved[10][0]
+    np.testing.assert_allclose(outputs(loaded), saved[10][1], atol=1e-6)
+
+
+def test_missing_or_mismatched_files_are_reported(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.keras"):
+        load_model(str(tmp_path))
+    model = tiny()
+    trainer_dir(tmp_path, model, steps=(1,))
+    with pytest.raises(FileNotFoundError, match="ckpt-5"):
+        load_model(str(tmp_path), checkpoint=str(tmp_path / "checkpoints" / "ckpt-5"))
+    # A checkpoint of another architecture does not match model_config.json.
+    other = tmp_path / "other"
+    other.mkdir()
+    saved = trainer_dir(other, tiny(hidden_size=16, filter_size=16), steps=(1,))
+    with pytest.raises(ValueError, match="does not match"):
+        load_model(str(tmp_path), checkpoint=saved[1][0])
+
+
+@pytest.mark.parametrize("encoder", [False, True])
+def test_tf_checkpoints_hold_every_weight(tmp_path, encoder):
+    # Layers kept in lists (decoder/encoder blocks, layer norms) must reach
+    # tf.train.Checkpoint, which the trainer's checkpoints and this loader use.
+    from t2t_image.models import Img2ImgTransformer
+
+    args = dict(image_height=4, image_width=4, hidden_size=8, filter_size=8, num_heads=2,
+                num_decoder_layers=2, block_length=4, layer_preprocess_sequence="n",
+                layer_postprocess_sequence="da")
+    model = (Img2ImgTransformer(input_height=2, input_width=2, num_encoder_layers=2, **args)
+             if encoder else ImageTransformer(**args))
+    model(dummy_features(model))
+    path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    saved = [n for n, _ in tf.train.list_variables(path) if n.startswith("model/")]
+    assert len(saved) == len(model.weights)
