@@ -263,6 +263,10 @@ class ImageTransformer(keras.Model):
             )
             block.build(grid, memory_shape)
             self.decoder_blocks.append(block)
+        # T2T's transformer_decoder_layers drops out the decoder input first.
+        self.input_dropout = keras.layers.Dropout(
+            self.layer_prepostprocess_dropout, dtype=self.dtype_policy, name="input_dropout"
+        )
         self.final_norm = None
         if "n" in check_sequence("pre", self.layer_preprocess_sequence):
             # Layer norm is numerics-sensitive: computed in float32 under any policy.
@@ -358,6 +362,7 @@ class ImageTransformer(keras.Model):
 
     def decode(self, x, memory=None, training=None):
         """Runs the decoder blocks and the output layer on the shifted input grid."""
+        x = self.input_dropout(x, training=training)
         for block in self.decoder_blocks:
             x = block(x, memory, training=training)
         if self.final_norm is not None:
