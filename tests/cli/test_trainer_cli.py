@@ -44,8 +44,9 @@ def _needs_shared_data(shared_data):
 
 def test_train_writes_everything_and_resumes(tmp_path):
     model_dir = tmp_path / "run"
-    first = run(model_dir, steps=4)
+    first = run(model_dir, "--gin_param=t2t_image.Trainer.sample_every=4", steps=4)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert (model_dir / "samples" / "step_4.png").stat().st_size > 100
     assert sorted(os.listdir(model_dir / "checkpoints"))[0].startswith("checkpoint")
     assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-4")
     config = (model_dir / "operative_config.gin").read_text()
@@ -56,7 +57,7 @@ def test_train_writes_everything_and_resumes(tmp_path):
     train_tags = event_tags(model_dir / "train")
     assert {"loss", "bits_per_dim", "learning_rate", "gradient_norm", "steps_per_second",
             "examples_per_second", "operative_config"} <= train_tags
-    assert "bits_per_dim" in event_tags(model_dir / "eval")
+    assert {"bits_per_dim", "samples"} <= event_tags(model_dir / "eval")
     second = run(model_dir, steps=6)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "at step 4" in second.stderr  # "Restored ... at step 4."
