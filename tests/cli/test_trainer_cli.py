@@ -109,3 +109,22 @@ def test_bad_configuration_fails_before_training(tmp_path, args, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert not (model_dir / "checkpoints").exists()
+
+
+def test_super_resolution_evaluation_mode(tmp_path):
+    model_dir = tmp_path / "sr"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    base = [sys.executable, "-m", "t2t_image.cli.trainer", "--gin_file=gin/tiny_sr.gin",
+            f"--model_dir={model_dir}"]
+    trained = subprocess.run(base, cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=240)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    evaluated = subprocess.run(base + ["--mode=eval_sr"], cwd=REPO, env=env,
+                               capture_output=True, text=True, timeout=240)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    results = json.loads((model_dir / "sr_eval_results.json").read_text())
+    assert results["step"] == 4 and results["num_images"] == 8
+    assert 0 < results["bits_per_dim"] < 12
+    assert set(results["consistency"]) == {"1.0", "0.9", "0.8"}
+    assert all(0 <= v < 1 for v in results["consistency"].values())
+    assert (model_dir / "sr_samples.png").stat().st_size > 100
