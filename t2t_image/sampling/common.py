@@ -93,10 +93,10 @@ def step_seed(seed, step):
 # XLA's stateless random bits differ from the TF CPU kernel's for the same seed, so
 # every draw goes through these XLA-compiled functions: eager calls (reference
 # sampler), nested calls in a plain tf.function and inlined calls in an XLA loop
-# then all produce the same values.
-_draw_categorical = tf.function(sample_categorical, jit_compile=True, reduce_retracing=True)
-_draw_dmol = tf.function(sample_discretized_mix_logistic, jit_compile=True,
-                         reduce_retracing=True)
+# then all produce the same values. No reduce_retracing: relaxed shapes would hide
+# the static number of mixtures (the last dimension) that the DMOL sampler needs.
+_draw_categorical = tf.function(sample_categorical, jit_compile=True)
+_draw_dmol = tf.function(sample_discretized_mix_logistic, jit_compile=True)
 
 
 def draw_values(likelihood, outputs, seed, temperature):
