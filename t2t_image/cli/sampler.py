@@ -30,8 +30,10 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from t2t_image.cli.lazy_flags import LazyFlags
+
 FLAGS = flags.FLAGS
-_FLAG_NAMES = []
+_FLAGS = LazyFlags()
 
 
 def define_flags():
@@ -40,15 +42,10 @@ def define_flags():
     Flags are defined when the tool runs, not at import, so this module can be
     imported next to other CLIs that define ``--model_dir`` / ``--checkpoint``.
     """
-    def define(kind, name, default, help_text):
-        _FLAG_NAMES.append(name)
-        if name not in FLAGS:
-            getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
-
-    define("string", "model_dir", None, "Model directory (model.keras, or model_config.json "
-           "with TF checkpoints in checkpoints/).")
-    define("string", "checkpoint", None, "A .keras file or TF checkpoint prefix to use instead "
-           "of the model directory's latest.")
+    define = _FLAGS.define
+    _FLAGS.define_model_source(
+        "A .keras file or TF checkpoint prefix to use instead "
+        "of the model directory's latest.")
     define("integer", "num_samples", 16, "Number of images to sample.")
     define("float", "temperature", 1.0, "Sampling temperature (0: argmax).")
     define("integer", "seed", 0, "Sampling seed (batch b uses seed + b).")
@@ -253,11 +250,7 @@ def main(argv):
 def run():
     """Console-script entry point."""
     define_flags()
-    main_module = sys.modules["__main__"]
-    main_module.__doc__ = __doc__  # absl prints the main module's docstring as usage
-    for flag in _FLAG_NAMES:  # and lists its key flags under --help
-        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[flag])
-    app.run(main)
+    _FLAGS.run(main, __doc__)
 
 
 if __name__ == "__main__":

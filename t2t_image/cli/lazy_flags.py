@@ -1,0 +1,38 @@
+"""absl flags that a tool defines when it runs, not at import.
+
+The sampler and exporter modules can then be imported next to other tools that
+define flags of the same names (``--model_dir``, ``--checkpoint``).
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+
+class LazyFlags:
+    """Collects one tool's flag definitions and runs the tool with them."""
+
+    def __init__(self):
+        self.names = []
+
+    def define(self, kind, name, default, help_text):
+        """Defines ``--name`` (``kind``: string, integer, float, boolean) unless defined."""
+        self.names.append(name)
+        if name not in FLAGS:
+            getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
+
+    def define_model_source(self, checkpoint_help):
+        """The --model_dir / --checkpoint pair that the model-loading tools share."""
+        self.define("string", "model_dir", None, "Model directory (model.keras, or "
+                    "model_config.json with TF checkpoints in checkpoints/).")
+        self.define("string", "checkpoint", None, checkpoint_help)
+
+    def run(self, main, doc):
+        """Runs ``main`` under absl with ``doc`` as usage and these flags as key flags."""
+        sys.modules["__main__"].__doc__ = doc  # absl prints it as the usage text
+        for name in self.names:
+            FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
+        app.run(main)
