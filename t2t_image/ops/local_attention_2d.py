@@ -139,7 +139,20 @@ def _local_2d(q, k, v, query_shape, regions, center_causal):
         bias = bias + ops.convert_to_tensor(
             np.where(visible, 0.0, NEG_INF).astype(np.float32)
         )
-    out = _attend(q_blocks, k_mem, v_mem, bias)  # [b, n, nb, Q, dv]
+    nbw = _grid(height, width, query_shape)[1]
+    top = regions[0]
+    skip = top[1] * top[3] if center_causal and len(regions) > 1 and top[0] + top[1] <= 0 else 0
+    if skip and _static_dim("q", q_blocks, 2) > nbw:
+        # The first block row's top strip lies wholly above the image (all its
+        # keys masked, softmax weight exactly 0): attend that row without it
+        # instead of computing masked logits (saves work, same result).
+        first = _attend(q_blocks[:, :, :nbw], k_mem[:, :, :nbw, skip:],
+                        v_mem[:, :, :nbw, skip:], bias[:nbw, :, skip:])
+        rest = _attend(q_blocks[:, :, nbw:], k_mem[:, :, nbw:], v_mem[:, :, nbw:],
+                       bias[nbw:])
+        out = ops.concatenate([first, rest], axis=2)  # [b, n, nb, Q, dv]
+    else:
+        out = _attend(q_blocks, k_mem, v_mem, bias)  # [b, n, nb, Q, dv]
     return _blocks_to_image(out, height, width, query_shape)
 
 
