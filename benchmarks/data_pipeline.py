@@ -32,21 +32,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_util import cpu_model as _cpu_model  # noqa: E402
+
 import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
 from t2t_image.data import ImageFolderSource, NpzSource, make_dataset  # noqa: E402
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _measure(ds, batch_size: int, warmup: int, seconds: float) -> tuple[float, int]:

@@ -98,6 +98,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_util import cpu_model as _cpu_model  # noqa: E402
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -117,17 +119,6 @@ TARGETS = {"cat 1D-local": 0.60, "DMOL 1D-local": 0.50, "cat 2D-local": 0.50}
 SCALING_MODEL = dict(hidden_size=256, filter_size=1024, num_heads=4, num_decoder_layers=2,
                      block_length=256, query_shape=(8, 16), memory_flange=(8, 32),
                      likelihood="cat")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _on_gpu() -> bool:
