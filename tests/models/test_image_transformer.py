@@ -5,6 +5,7 @@ import pytest
 import keras
 
 from t2t_image.models.image_transformer import ImageTransformer
+from t2t_image.ops.dmol import discretized_mix_logistic_loss
 from t2t_image.ops.local_attention_2d import block_raster_order
 from tests.ops import attention_reference as ref
 
@@ -159,12 +160,15 @@ def test_cat_log_prob_matches_softmax_of_logits():
     assert 7.0 < bpd < 9.5
 
 
-def test_dmol_log_prob_is_a_distribution_over_images():
+def test_dmol_log_prob_sums_the_per_pixel_dmol_likelihood():
     model = tiny(likelihood="dmol", num_mixtures=2, image_height=2, image_width=2,
                  query_shape=(1, 1))
     images = random_images(2)[:, :2, :2]
     lp = np.asarray(model.log_prob({"targets": images}))
-    assert lp.shape == (2,) and np.all(np.isfinite(lp)) and np.all(lp < 0)
+    pred = model({"targets": images})
+    nll = np.asarray(discretized_mix_logistic_loss(pred, images / 127.5 - 1.0))
+    np.testing.assert_allclose(lp, -nll.reshape(2, -1).sum(-1), rtol=1e-6)
+    assert np.all(np.isfinite(lp)) and np.all(lp < 0)
 
 
 def test_class_conditioning_changes_outputs_and_is_required():
