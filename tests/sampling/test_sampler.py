@@ -7,19 +7,14 @@ from t2t_image.models import Img2ImgTransformer
 from t2t_image.models import ImageTransformer
 from t2t_image.sampling import reference_sample
 from t2t_image.sampling import sample
-
-H = W = 4
+from tests.sampling.test_cached_decoding import H
+from tests.sampling.test_cached_decoding import W
+from tests.sampling.test_cached_decoding import tiny
 
 
 def bad_model(cls=ImageTransformer, scale=None, **overrides):
     """A tiny model with deliberately sharp random outputs, so sampling bugs show."""
-    args = dict(image_height=H, image_width=W, hidden_size=16, filter_size=24, num_heads=2,
-                num_decoder_layers=2, block_length=4, query_shape=(2, 2), memory_flange=(1, 2),
-                num_mixtures=3, layer_prepostprocess_dropout=0.0)
-    if cls is Img2ImgTransformer:
-        args.update(input_height=2, input_width=2, num_encoder_layers=1)
-    args.update(overrides)
-    model = cls(**args)
+    model = tiny(cls, **{"num_mixtures": 3, **overrides})
     features = {"targets": np.zeros((1, H, W, 3), np.int32)}
     if model.num_classes:
         features["labels"] = np.zeros(1, np.int32)
