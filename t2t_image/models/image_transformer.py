@@ -12,6 +12,7 @@ from t2t_image.layers.image_transformer_block import check_sequence
 from t2t_image.layers.multi_head_attention import check_attention_settings
 from t2t_image.layers.ordinal_pixel_embedding import OrdinalPixelEmbedding
 from t2t_image.layers.pixel_embedding import PixelEmbedding
+from t2t_image.layers.pixel_embedding import check_vocab_size
 from t2t_image.layers.position_signal import PositionSignal
 from t2t_image.ops.categorical import categorical_log_prob
 from t2t_image.ops.dmol import discretized_mix_logistic_loss
@@ -34,7 +35,10 @@ class ImageTransformer(keras.Model):
 
     The image is read as a sequence: with ``likelihood="cat"`` of sub-pixels
     (a `[height, channels * width]` grid, channel embeddings interleaved along
-    the width) each with a 256-way softmax; with ``likelihood="dmol"`` of
+    the width) each with a ``vocab_size``-way softmax (256 intensities; or
+    ``vocab_size=K`` for a prior over a grid of VQ codes in 0..K-1, the
+    second stage of Esser et al. 2021, "Taming Transformers", Sec. 3.2, with
+    ``num_channels=1``); with ``likelihood="dmol"`` of
     pixels, each with a discretized mixture of ``num_mixtures`` logistics over
     its three channels. The input is shifted right by one position (for
     ``local_2d``, T2T shifts inside each query block: the first element of
@@ -61,6 +65,10 @@ class ImageTransformer(keras.Model):
         key_channels: int, total attention key depth (0: hidden_size).
         value_channels: int, total attention value depth (0: hidden_size).
         likelihood: "cat" or "dmol".
+        vocab_size: int >= 2, values per sub-pixel of a "cat" model: rows per
+            channel of the embedding table and logits of the output layer
+            (256 for 8-bit images, the codebook size K for a code prior);
+            "dmol" models 8-bit intensities and needs 256.
         num_mixtures: int, logistic mixture components for "dmol".
         pos: "timing" (sinusoids) or "emb" (learned row/column tables).
         num_classes: int or None; when set, a class embedding is added to
@@ -76,12 +84,13 @@ class ImageTransformer(keras.Model):
         **kwargs: passed on to `keras.Model`.
 
     Call arguments:
-        features: dict with ``targets`` integer `[batch, height, width, 3]`
-            in 0..255 and, for a conditional model, ``labels`` int `[batch]`.
+        features: dict with ``targets`` integer `[batch, height, width,
+            num_channels]` in ``0..vocab_size - 1`` and, for a conditional
+            model, ``labels`` int `[batch]`.
         training: bool, whether dropout is active.
 
     Returns:
-        float32 logits `[batch, height, width, channels, 256]` ("cat") or
+        float32 logits `[batch, height, width, channels, vocab_size]` ("cat") or
         mixture parameters `[batch, height, width, 10 * num_mixtures]` ("dmol").
 
     Incremental decoding (used by ``t2t_image.sampling.sample``):
@@ -94,6 +103,11 @@ class ImageTransformer(keras.Model):
     ...     filter_size=64, num_heads=2, num_decoder_layers=1, block_length=8)
     >>> model({"targets": np.zeros((2, 8, 8, 3), "uint8")}).shape
     (2, 8, 8, 3, 256)
+    >>> prior = ImageTransformer(image_height=4, image_width=4, num_channels=1,
+    ...     vocab_size=16, hidden_size=32, filter_size=64, num_heads=2,
+    ...     num_decoder_layers=1, block_length=8)
+    >>> prior({"targets": np.zeros((2, 4, 4, 1), "int32")}).shape
+    (2, 4, 4, 1, 16)
     """
 
     def __init__(
@@ -112,6 +126,7 @@ class ImageTransformer(keras.Model):
         key_channels=0,
         value_channels=0,
         likelihood="cat",
+        vocab_size=256,
         num_mixtures=10,
         pos="timing",
         num_classes=None,
@@ -139,6 +154,7 @@ class ImageTransformer(keras.Model):
         self.key_channels = key_channels
         self.value_channels = value_channels
         self.likelihood = likelihood
+        self.vocab_size = vocab_size
         self.num_mixtures = num_mixtures
         self.pos = pos
         self.num_classes = num_classes
@@ -170,6 +186,12 @@ class ImageTransformer(keras.Model):
             positive(name)
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}.")
+        self.vocab_size = check_vocab_size(self.vocab_size)
+        if self.likelihood == "dmol" and self.vocab_size != 256:
+            raise ValueError(
+                "likelihood='dmol' models 8-bit intensities and needs vocab_size=256, got "
+                f"vocab_size={self.vocab_size}."
+            )
         if self.likelihood == "dmol":
             positive("num_mixtures")
             if self.num_channels != 3:
@@ -228,8 +250,8 @@ class ImageTransformer(keras.Model):
         grid = (None, rows, cols, self.hidden_size)
         if self.likelihood == "cat":
             self.embedding = PixelEmbedding(
-                self.hidden_size, self.num_channels, dtype=self.dtype_policy,
-                name="pixel_embedding",
+                self.hidden_size, self.num_channels, vocab_size=self.vocab_size,
+                dtype=self.dtype_policy, name="pixel_embedding",
             )
         else:
             self.embedding = OrdinalPixelEmbedding(
@@ -276,7 +298,7 @@ class ImageTransformer(keras.Model):
             self.final_norm.build(grid)
         if self.likelihood == "cat":
             self.output_layer = keras.layers.Dense(
-                256, use_bias=True, dtype=self.dtype_policy, name="output_logits",
+                self.vocab_size, use_bias=True, dtype=self.dtype_policy, name="output_logits",
                 kernel_initializer=initializers.t2t_variance_scaling(),
             )
         else:
@@ -370,7 +392,8 @@ class ImageTransformer(keras.Model):
         logits = ops.cast(self.output_layer(x), "float32")
         if self.likelihood == "cat":
             logits = ops.reshape(
-                logits, (-1, self.image_height, self.image_width, self.num_channels, 256)
+                logits,
+                (-1, self.image_height, self.image_width, self.num_channels, self.vocab_size),
             )
         return logits
 
@@ -503,7 +526,7 @@ class ImageTransformer(keras.Model):
             cache: dict from ``init_cache`` or the previous ``call_step``.
 
         Returns:
-            ``(outputs, cache)``: float32 logits `[batch, 256]` of the sub-pixel
+            ``(outputs, cache)``: float32 logits `[batch, vocab_size]` of the sub-pixel
             ("cat") or mixture parameters `[batch, 10 * num_mixtures]` of the
             pixel ("dmol"), and the updated cache.
         """
@@ -546,7 +569,8 @@ class ImageTransformer(keras.Model):
     def compute_output_shape(self, input_shape):
         batch = input_shape["targets"][0]
         if self.likelihood == "cat":
-            return (batch, self.image_height, self.image_width, self.num_channels, 256)
+            return (batch, self.image_height, self.image_width, self.num_channels,
+                    self.vocab_size)
         return (batch, self.image_height, self.image_width, 10 * self.num_mixtures)
 
     def get_config(self):
@@ -566,6 +590,7 @@ class ImageTransformer(keras.Model):
             key_channels=self.key_channels,
             value_channels=self.value_channels,
             likelihood=self.likelihood,
+            vocab_size=self.vocab_size,
             num_mixtures=self.num_mixtures,
             pos=self.pos,
             num_classes=self.num_classes,

@@ -42,16 +42,19 @@ class Img2ImgTransformer(ImageTransformer):
         num_classes: must be None (super-resolution is not class-conditional).
         **kwargs: every other argument of `ImageTransformer` (``image_height``
             and ``image_width`` are the high-resolution target size, 32x32
-            by default), and of `keras.Model`.
+            by default; ``vocab_size`` applies to the targets only: the
+            low-resolution inputs are 8-bit images, embedded with 256 values
+            per channel), and of `keras.Model`.
 
     Call arguments:
         features: dict with ``inputs`` integer `[batch, input_height,
-            input_width, num_channels]` and ``targets`` integer `[batch,
-            image_height, image_width, num_channels]`, values in 0..255.
+            input_width, num_channels]` in 0..255 and ``targets`` integer
+            `[batch, image_height, image_width, num_channels]` in
+            ``0..vocab_size - 1``.
         training: bool, whether dropout is active.
 
     Returns:
-        float32 logits `[batch, image_height, image_width, num_channels, 256]`
+        float32 logits `[batch, image_height, image_width, num_channels, vocab_size]`
         ("cat") or mixture parameters `[batch, image_height, image_width,
         10 * num_mixtures]` ("dmol").
 
@@ -109,8 +112,9 @@ class Img2ImgTransformer(ImageTransformer):
         self._check_feature_shapes(input_shape)
         rows, cols = self.input_grid_shape
         grid = (None, rows, cols, self.hidden_size)
+        # The low-resolution inputs are 8-bit images whatever the targets' vocab_size.
         self.input_embedding = PixelEmbedding(
-            self.hidden_size, self.num_channels, dtype=self.dtype_policy,
+            self.hidden_size, self.num_channels, vocab_size=256, dtype=self.dtype_policy,
             name="input_embedding",
         )
         self.input_embedding.build(

@@ -2,8 +2,10 @@
 
 The Image Transformer's default output layer is a 256-way softmax per
 channel intensity (Parmar et al. 2018, Sec. 3.2 "Loss function"; T2T's
-``image_transformer`` with ``likelihood=CAT``).  Sampling uses the
-Gumbel-max trick on ``logits / temperature``.
+``image_transformer`` with ``likelihood=CAT``), or a K-way softmax over the
+codes of a VQ codebook for a code prior (Esser et al. 2021).  Sampling uses
+the Gumbel-max trick on ``logits / temperature``, optionally restricted to
+the ``top_k`` largest logits (as Esser et al. 2021 sample their priors).
 
 Randomness is stateless and driven by an explicit ``seed``: an integer
 tensor (int32 or int64), tuple, list or NumPy array of shape ``[2]``, or a
@@ -120,6 +122,62 @@ def _as_temperature(temperature):
     return ops.cast(temperature, "float32")
 
 
+def check_top_k(top_k, num_classes=None):
+    """Validates a top-k setting and returns it as an int (0 = no restriction).
+
+    Not a T2T function (T2T samples from the full softmax); top-k sampling as
+    used for the transformer priors of Esser et al. 2021 ("Taming
+    Transformers", Sec. 4 / their sampling scripts).
+
+    Args:
+        top_k: None or 0 (off), or a Python int in ``[1, num_classes]``.
+        num_classes: int or None, the number of classes (the last dimension
+            of the logits); None skips the upper bound check.
+
+    Returns:
+        int: 0 when off, else ``top_k``.
+
+    Raises:
+        ValueError: naming ``top_k`` and the value received.
+    """
+    if top_k is None:
+        return 0
+    upper = "num_classes" if num_classes is None else str(num_classes)
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0 \
+            or (num_classes is not None and top_k > num_classes):
+        raise ValueError(
+            f"top_k must be None (or 0: off) or an int in [1, {upper}], got top_k={top_k!r}."
+        )
+    return int(top_k)
+
+
+def top_k_logits(logits, top_k):
+    """Sets every logit outside the ``top_k`` largest of its row to ``-inf``.
+
+    The threshold is the k-th largest value of each row (``ops.top_k``, a
+    static k), so logits tied with it are all kept. XLA-compilable; the
+    result is float32 whatever the input dtype.
+
+    Not a T2T function; the top-k filtering of Esser et al. 2021 (their
+    ``top_k_logits``), written from its definition.
+
+    Args:
+        logits: float tensor ``[..., num_classes]``.
+        top_k: int; 0 (or ``>= num_classes``) returns the logits unchanged
+            (cast to float32).
+
+    Returns:
+        float32 tensor with the shape of ``logits``.
+    """
+    # Sampling is computed in float32 whatever the dtype policy.
+    logits = ops.cast(logits, "float32")
+    num_classes = logits.shape[-1]
+    if not top_k or (num_classes is not None and top_k >= num_classes):
+        return logits
+    kth_largest = ops.top_k(logits, top_k, sorted=True)[0][..., top_k - 1:top_k]
+    return ops.where(logits >= kth_largest, logits, float("-inf"))
+
+
 def _tempered_gumbel_argmax(logits, uniform_noise, temperature):
     """Gumbel-max sampling from ``softmax(logits / temperature)`` given uniform noise.
 
@@ -145,37 +203,45 @@ def _tempered_gumbel_argmax(logits, uniform_noise, temperature):
     return ops.cast(ops.argmax(scores, axis=-1), "int32")
 
 
-def sample_categorical(logits, seed, temperature=1.0):
-    """Samples indices from ``softmax(logits / temperature)``.
+def sample_categorical(logits, seed, temperature=1.0, top_k=None):
+    """Samples indices from ``softmax(logits / temperature)``, optionally top-k.
 
     Uses the Gumbel-max trick: ``argmax(logits / temperature + g)`` with
     ``g = -log(-log(u))``, ``u`` uniform from :func:`stateless_uniform`.
     ``temperature == 0`` (Python float or traced scalar tensor) returns
     ``argmax(logits)`` without noise.  A negative tensor temperature is
-    treated like 0 (Python values < 0 raise).
+    treated like 0 (Python values < 0 raise).  With ``top_k = k`` the logits
+    outside the k largest are set to ``-inf`` first (``top_k_logits``), i.e.
+    the draw is from the softmax renormalised over the k most likely
+    classes; the uniform noise is the same as without top-k, so ``top_k``
+    equal to the number of classes gives exactly the unrestricted draw.
 
     Corresponds to T2T's ``common_layers.sample_with_temperature`` /
     ``sample_temperature_per_example``; Parmar et al. 2018, Sec. 3.2 and
-    Sec. 5 (sampling from the 256-way categorical).
+    Sec. 5 (sampling from the 256-way categorical); top-k as in Esser et
+    al. 2021.
 
     Args:
         logits: float tensor ``[..., num_classes]`` (unnormalised).
         seed: int32/int64 tensor or tuple of shape ``[2]`` (stateless seed),
             or a Python int ``s`` meaning ``(s, 0)``.
         temperature: Python float >= 0 or float scalar tensor.
+        top_k: None or 0 (off), or a static Python int in ``[1, num_classes]``.
 
     Returns:
         int32 tensor of shape ``logits.shape[:-1]``.
 
     Raises:
-        ValueError: for a rank-0 ``logits``, a bad ``seed`` or ``temperature``.
+        ValueError: for a rank-0 ``logits``, a bad ``seed``, ``temperature``
+            or ``top_k``.
     """
     logits = ops.convert_to_tensor(logits)
     if len(logits.shape) < 1:
         raise ValueError(f"logits must have rank >= 1, got logits.shape={tuple(logits.shape)}")
+    top_k = check_top_k(top_k, logits.shape[-1])
     temperature = _as_temperature(temperature)
     noise = stateless_uniform(ops.shape(logits), seed)
-    return _tempered_gumbel_argmax(logits, noise, temperature)
+    return _tempered_gumbel_argmax(top_k_logits(logits, top_k), noise, temperature)
 
 
 def categorical_log_prob(logits, labels):

@@ -2,19 +2,23 @@
 
 ``sample``: the fast sampler (cached incremental decoding, one compiled loop);
 ``reference_sample``: the slow reference that recomputes the model at every
-step (T2T's way); ``image_grid`` / ``write_image_grid``: PNG grids of samples.
+step (T2T's way); ``sample_sliding_window``: canvases larger than the
+training size (Taming Transformers' sliding attention window); ``image_grid`` /
+``write_image_grid``: PNG grids of samples.
 """
 
 from t2t_image.sampling.common import generation_order, step_seed
 from t2t_image.sampling.grids import image_grid, sample_grid_for_summary, write_image_grid
 from t2t_image.sampling.reference_sampler import reference_sample
 from t2t_image.sampling.sampler import sample
+from t2t_image.sampling.sliding_window import sample_sliding_window
 
 __all__ = [
     "generation_order",
     "image_grid",
     "reference_sample",
     "sample",
+    "sample_sliding_window",
     "sample_grid_for_summary",
     "step_seed",
     "write_image_grid",

@@ -3,12 +3,15 @@
 Both the slow reference sampler (``reference_sampler.py``) and the cached
 sampler (``sampler.py``) generate the positions of the model's grid in the
 same order and draw step ``t`` with the same stateless seed, so that with
-equal logits they produce identical images.
+equal logits they produce identical images; the sliding-window sampler
+(``sliding_window.py``) draws with the same seeds and ``draw_values`` on
+larger canvases.
 """
 
 import numpy as np
 import tensorflow as tf
 
+from t2t_image.ops.categorical import check_top_k
 from t2t_image.ops.categorical import sample_categorical
 from t2t_image.ops.dmol import sample_discretized_mix_logistic
 from t2t_image.ops.local_attention_2d import block_raster_order
@@ -99,30 +102,71 @@ _draw_categorical = tf.function(sample_categorical, jit_compile=True)
 _draw_dmol = tf.function(sample_discretized_mix_logistic, jit_compile=True)
 
 
-def draw_values(likelihood, outputs, seed, temperature):
+def draw_values(likelihood, outputs, seed, temperature, top_k=None):
     """Draws the values of one generation step from the model outputs.
 
-    Both samplers draw through this function, always XLA-compiled (XLA's
+    All samplers draw through this function, always XLA-compiled (XLA's
     stateless random numbers differ from the TF kernel's for the same seed),
     so that equal outputs and seeds give equal values everywhere.
 
     Parmar et al. 2018, Sec. 3.2 and 5 (sampling the categorical or the
-    discretized mixture of logistics, with temperature).
+    discretized mixture of logistics, with temperature); top-k as in Esser
+    et al. 2021.
 
     Args:
         likelihood: "cat" or "dmol".
-        outputs: float32 tensor: logits `[batch, 256]` ("cat") or mixture
-            parameters `[batch, 10 * K]` ("dmol").
+        outputs: float32 tensor: logits `[batch, vocab_size]` ("cat") or
+            mixture parameters `[batch, 10 * K]` ("dmol").
         seed: int64 seed `[2]` (``step_seed``).
         temperature: float32 scalar (tensor), >= 0.
+        top_k: None or 0 (off), or a static int in ``[1, vocab_size]``
+            ("cat" only): draw among the ``top_k`` largest logits.
 
     Returns:
         int32 `[batch]` sub-pixel values ("cat") or `[batch, 3]` pixels ("dmol").
+
+    Raises:
+        ValueError: for ``top_k`` with ``likelihood="dmol"``.
     """
     seed = tf.convert_to_tensor(seed, tf.int64)
     temperature = tf.convert_to_tensor(temperature, tf.float32)
-    draw = _draw_categorical if likelihood == "cat" else _draw_dmol
-    return draw(outputs, seed, temperature)
+    top_k = check_top_k(top_k)  # 0 = off (None and 0 share one trace)
+    if likelihood == "cat":
+        return _draw_categorical(outputs, seed, temperature, top_k=top_k)
+    if top_k:
+        raise ValueError(
+            f"top_k is only valid for likelihood='cat', got top_k={top_k} with "
+            f"likelihood={likelihood!r}."
+        )
+    return _draw_dmol(outputs, seed, temperature)
+
+
+def output_dtype(model):
+    """NumPy dtype of the samplers' results: uint8 if ``vocab_size <= 256``, else int32.
+
+    8-bit images (and code grids of codebooks of at most 256 codes) stay
+    uint8 as before; larger codebooks (Esser et al. 2021 use K = 1024 and
+    more) need int32. Not a T2T function.
+
+    Args:
+        model: an ``ImageTransformer`` (or subclass).
+
+    Returns:
+        ``np.uint8`` or ``np.int32``.
+    """
+    return np.uint8 if model_vocab_size(model) <= 256 else np.int32
+
+
+def model_vocab_size(model):
+    """Values per sub-pixel of ``model``: its ``vocab_size`` (256 for older models).
+
+    Args:
+        model: an ``ImageTransformer`` (or subclass).
+
+    Returns:
+        int.
+    """
+    return int(getattr(model, "vocab_size", 256))
 
 
 def _as_int_array(name, value):
@@ -136,24 +180,28 @@ def _as_int_array(name, value):
 
 
 def check_sampling_args(model, num_samples, temperature, seed, labels, inputs, prefix,
-                        num_prefix_rows):
-    """Validates the arguments of ``sample`` / ``reference_sample``.
+                        num_prefix_rows, top_k=None, height=None, width=None):
+    """Validates the arguments of ``sample`` / ``reference_sample`` / ``sample_sliding_window``.
 
-    Not a T2T function: the argument checking both samplers share (fail early,
+    Not a T2T function: the argument checking the samplers share (fail early,
     naming the argument). See ``t2t_image.sampling.sample`` for the meaning of
     the arguments.
 
     Args:
         model: an ``ImageTransformer`` (or subclass).
-        num_samples, temperature, seed, labels, inputs, prefix, num_prefix_rows:
-            as in ``sample``.
+        num_samples, temperature, seed, labels, inputs, prefix, num_prefix_rows,
+            top_k: as in ``sample``.
+        height, width: ints, the size of the canvas the prefix is checked
+            against (default: the model's ``image_height`` / ``image_width``;
+            larger for ``sample_sliding_window``).
 
     Returns:
         A dict with ``num_samples`` (int), ``temperature`` (float), ``seed``
         (int), ``labels`` (int32 ``[n]`` or None), ``inputs`` (the array or
-        None), ``prefix`` (int32 ``[n, h, w, C]`` whose first
-        ``num_prefix_rows`` rows are the given rows, or None) and
-        ``num_prefix_rows`` (int).
+        None), ``prefix`` (int32 ``[n, height, width, C]`` whose first
+        ``num_prefix_rows`` rows are the given rows, or None),
+        ``num_prefix_rows`` (int) and ``top_k`` (int, 0 = off; ``vocab_size``
+        is returned as 0, which draws the same values).
 
     Raises:
         ValueError: naming the offending argument and the value received.
@@ -168,6 +216,22 @@ def check_sampling_args(model, num_samples, temperature, seed, labels, inputs, p
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
             or not _INT64.min <= int(seed) <= _INT64.max:
         raise ValueError(f"seed must be an int (int64 range), got {seed!r}.")
+    vocab_size = model_vocab_size(model)
+    if top_k is not None and top_k != 0:
+        if getattr(model, "likelihood", "cat") != "cat":
+            raise ValueError(
+                f"top_k is only valid for likelihood='cat' models, got top_k={top_k!r} for a "
+                f"likelihood={model.likelihood!r} model."
+            )
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) \
+                or not 1 <= top_k <= vocab_size:
+            raise ValueError(
+                f"top_k must be None (or 0: off) or an int in [1, vocab_size={vocab_size}], "
+                f"got top_k={top_k!r}."
+            )
+    top_k = check_top_k(top_k)
+    if top_k == vocab_size:  # the unrestricted draw (same noise): share its compiled loop
+        top_k = 0
 
     num_classes = getattr(model, "num_classes", None)
     if num_classes is None and labels is not None:
@@ -215,11 +279,14 @@ def check_sampling_args(model, num_samples, temperature, seed, labels, inputs, p
     elif inputs is not None:
         raise ValueError("inputs were given but the model takes none (it has no encoder).")
 
-    height, width, channels = model.image_height, model.image_width, model.num_channels
+    height_name = "image_height" if height is None else "height"
+    height = model.image_height if height is None else int(height)
+    width = model.image_width if width is None else int(width)
+    channels = model.num_channels
     if isinstance(num_prefix_rows, bool) or not isinstance(num_prefix_rows, (int, np.integer)) \
             or not 0 <= num_prefix_rows <= height:
         raise ValueError(
-            f"num_prefix_rows must be an int in [0, {height}] (image_height={height}), got "
+            f"num_prefix_rows must be an int in [0, {height}] ({height_name}={height}), got "
             f"{num_prefix_rows!r}."
         )
     num_prefix_rows = int(num_prefix_rows)
@@ -240,15 +307,17 @@ def check_sampling_args(model, num_samples, temperature, seed, labels, inputs, p
                 f"{num_prefix_rows}, {width}, {channels}] (or one image without the batch axis), "
                 f"got shape {prefix.shape}."
             )
-        if prefix.min() < 0 or prefix.max() > 255:
+        if prefix.min() < 0 or prefix.max() >= vocab_size:
             raise ValueError(
-                f"prefix values must be in 0..255, got values in [{prefix.min()}, {prefix.max()}]."
+                f"prefix values must be in 0..{vocab_size - 1} (vocab_size={vocab_size}), got "
+                f"values in [{prefix.min()}, {prefix.max()}]."
             )
         full = np.zeros((num_samples, height, width, channels), np.int32)
         full[:, :num_prefix_rows] = prefix[:, :num_prefix_rows]
         prefix = full
     return dict(num_samples=num_samples, temperature=float(temperature), seed=int(seed),
-                labels=labels, inputs=inputs, prefix=prefix, num_prefix_rows=num_prefix_rows)
+                labels=labels, inputs=inputs, prefix=prefix, num_prefix_rows=num_prefix_rows,
+                top_k=top_k)
 
 
 def needs_inputs(model):

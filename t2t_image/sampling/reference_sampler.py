@@ -15,13 +15,14 @@ from t2t_image.sampling.common import (
     conditioning_features,
     draw_values,
     generation_order,
+    output_dtype,
     step_coordinates,
     step_seed,
 )
 
 
 def reference_sample(model, num_samples, temperature=1.0, seed=0, labels=None, inputs=None,
-                     prefix=None, num_prefix_rows=0, max_steps=None, callback=None):
+                     prefix=None, num_prefix_rows=0, max_steps=None, callback=None, top_k=None):
     """Samples images by recomputing the whole model at every generation step.
 
     The image starts as zeros (or with the top ``num_prefix_rows`` rows of
@@ -29,7 +30,8 @@ def reference_sample(model, num_samples, temperature=1.0, seed=0, labels=None, i
     (``generation_order``). At step ``t`` the full model runs on the current
     image, the logits of the step's position are taken and one value is drawn
     with seed ``[seed, t]`` (``step_seed``) through ``draw_values``: one
-    sub-pixel for ``likelihood="cat"`` (``sample_categorical``), one pixel with
+    sub-pixel (or code) for ``likelihood="cat"`` (``sample_categorical``, among
+    the ``top_k`` largest logits when set), one pixel with
     its three channels for ``"dmol"`` (``sample_discretized_mix_logistic``). Positions in the kept prefix rows
     are not drawn (their step is skipped, other steps keep their seeds).
 
@@ -52,15 +54,17 @@ def reference_sample(model, num_samples, temperature=1.0, seed=0, labels=None, i
         max_steps: optional int, stop after this many generation steps (the
             remaining positions stay 0); used to time the first steps.
         callback: optional ``callback(step, num_steps)`` called after each step.
+        top_k: None or 0 (off), or an int in ``[1, vocab_size]`` ("cat" only).
 
     Returns:
-        uint8 NumPy array ``[num_samples, height, width, channels]``.
+        NumPy array ``[num_samples, height, width, channels]``: uint8 when the
+        model's ``vocab_size <= 256``, int32 otherwise.
 
     Raises:
         ValueError: on invalid arguments (named in the message).
     """
     args = check_sampling_args(model, num_samples, temperature, seed, labels, inputs, prefix,
-                               num_prefix_rows)
+                               num_prefix_rows, top_k)
     n = args["num_samples"]
     shape = (n, model.image_height, model.image_width, model.num_channels)
     canvas = np.zeros(shape, np.int32) if args["prefix"] is None else args["prefix"].copy()
@@ -81,10 +85,10 @@ def reference_sample(model, num_samples, temperature=1.0, seed=0, labels=None, i
         seed_t = step_seed(args["seed"], t)
         if model.likelihood == "cat":
             canvas[:, y, x, c] = np.asarray(
-                draw_values("cat", out[:, y, x, c], seed_t, args["temperature"]))
+                draw_values("cat", out[:, y, x, c], seed_t, args["temperature"], args["top_k"]))
         else:
             canvas[:, y, x, :] = np.asarray(
                 draw_values("dmol", out[:, y, x], seed_t, args["temperature"]))
         if callback is not None:
             callback(t + 1, num_steps)
-    return canvas.astype(np.uint8)
+    return canvas.astype(output_dtype(model))

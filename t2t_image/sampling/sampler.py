@@ -22,6 +22,7 @@ from t2t_image.sampling.common import (
     draw_values,
     dummy_features,
     generation_order,
+    output_dtype,
     step_coordinates,
     step_seed,
 )
@@ -46,7 +47,8 @@ def num_steps(model):
     return rows * cols
 
 
-def decode_steps(model, canvas, cache, seed, temperature, num_prefix_rows, start, stop):
+def decode_steps(model, canvas, cache, seed, temperature, num_prefix_rows, start, stop,
+                 top_k=0):
     """Runs generation steps ``[start, stop)`` as one ``tf.while_loop``.
 
     Step ``t`` decodes the position ``generation_order(model)[t]`` with
@@ -69,6 +71,8 @@ def decode_steps(model, canvas, cache, seed, temperature, num_prefix_rows, start
         num_prefix_rows: scalar int32 tensor.
         start: scalar int32 tensor, first step.
         stop: scalar int32 tensor, one past the last step.
+        top_k: static int, 0 (off) or draw among the ``top_k`` largest
+            logits ("cat" only; see ``draw_values``).
 
     Returns:
         ``(canvas, cache)`` after the steps.
@@ -82,7 +86,7 @@ def decode_steps(model, canvas, cache, seed, temperature, num_prefix_rows, start
         out, cache = model.call_step(canvas, cache, tf.gather(order, t))
         seed_t = step_seed(seed, t)
         y, x = tf.gather(rows, t), tf.gather(cols, t)
-        value = draw_values(model.likelihood, out, seed_t, temperature)
+        value = draw_values(model.likelihood, out, seed_t, temperature, top_k)
         if cat:
             value = value[:, None, None, None]
             begin, size = (0, y, x, tf.gather(channels, t)), [-1, 1, 1, 1]
@@ -99,7 +103,7 @@ def decode_steps(model, canvas, cache, seed, temperature, num_prefix_rows, start
     return canvas, cache
 
 
-def sample_graph(model, canvas, conditioning, seed, temperature, num_prefix_rows):
+def sample_graph(model, canvas, conditioning, seed, temperature, num_prefix_rows, top_k=0):
     """The whole cached sampler as TF ops (to be traced in a ``tf.function``).
 
     Runs ``model.init_cache`` (the encoder, once) and all generation steps
@@ -114,17 +118,22 @@ def sample_graph(model, canvas, conditioning, seed, temperature, num_prefix_rows
         seed: scalar int64 tensor.
         temperature: scalar float32 tensor.
         num_prefix_rows: scalar int32 tensor.
+        top_k: static int, 0 (off) or the top-k of "cat" draws.
 
     Returns:
         int32 `[batch, height, width, channels]`, the sampled images.
     """
     cache = model.init_cache(tf.shape(canvas)[0], conditioning)
     canvas, _ = decode_steps(model, canvas, cache, seed, temperature, num_prefix_rows,
-                             tf.constant(0), tf.constant(num_steps(model)))
+                             tf.constant(0), tf.constant(num_steps(model)), top_k)
     return canvas
 
 
 def _compiled(model, name, jit_compile, make):
+    """The ``tf.function`` of ``make()`` for ``model``, created once per (name, jit_compile).
+
+    ``name`` must encode every static (Python) setting the function closes over.
+    """
     functions = _COMPILED.setdefault(model, {})
     key = (name, bool(jit_compile))
     if key not in functions:
@@ -146,17 +155,18 @@ def ensure_built(model):
 
 
 def sample(model, num_samples, temperature=1.0, seed=0, labels=None, inputs=None, prefix=None,
-           num_prefix_rows=0, jit_compile=True, progress=None, progress_chunks=32):
+           num_prefix_rows=0, jit_compile=True, progress=None, progress_chunks=32, top_k=None):
     """Samples images with cached incremental decoding (fast).
 
     Unconditional, class-conditional (``labels``), conditioned on ``inputs``
     (e.g. low-resolution images for super-resolution with an Img2Img model),
     and image completion (the top ``num_prefix_rows`` rows of ``prefix`` are
     kept exactly, the rest is sampled: Parmar et al. 2018, Table 2). Positions
-    are generated in the model's generation order, one sub-pixel per step for
-    "cat" models, one pixel (three channels) for "dmol". With the same seed
-    the result equals ``reference_sample`` (which recomputes the full model
-    at every step), up to float rounding of the logits.
+    are generated in the model's generation order, one sub-pixel (or code) per
+    step for "cat" models, one pixel (three channels) for "dmol". With the same
+    seed (and ``top_k``) the result equals ``reference_sample`` (which
+    recomputes the full model at every step), up to float rounding of the
+    logits.
 
     The samples depend on ``seed`` and also on ``num_samples`` (the noise of
     a step is drawn for the whole batch at once).
@@ -181,15 +191,21 @@ def sample(model, num_samples, temperature=1.0, seed=0, labels=None, inputs=None
             given, the loop runs in ``progress_chunks`` compiled chunks and
             reports after each (the samples are the same).
         progress_chunks: int, number of chunks when ``progress`` is given.
+        top_k: None or 0 (off), or an int in ``[1, vocab_size]``: each value
+            is drawn among the ``top_k`` most likely ("cat" models only;
+            Esser et al. 2021).
 
     Returns:
-        uint8 NumPy array `[num_samples, height, width, channels]`.
+        NumPy array `[num_samples, height, width, channels]`, uint8 when the
+        model's ``vocab_size <= 256`` (images), int32 otherwise (codes).
 
     Raises:
         ValueError: on invalid arguments (named in the message).
     """
     args = check_sampling_args(model, num_samples, temperature, seed, labels, inputs, prefix,
-                               num_prefix_rows)
+                               num_prefix_rows, top_k)
+    top_k = args["top_k"]
+    dtype = output_dtype(model)
     conditioning = conditioning_features(args)
     ensure_built(model)
     shape = (args["num_samples"], model.image_height, model.image_width, model.num_channels)
@@ -200,17 +216,17 @@ def sample(model, num_samples, temperature=1.0, seed=0, labels=None, inputs=None
     prefix_rows = tf.constant(args["num_prefix_rows"], tf.int32)
 
     if progress is None:
-        run = _compiled(model, "sample", jit_compile, lambda: (
+        run = _compiled(model, f"sample/top_k={top_k}", jit_compile, lambda: (
             lambda canvas, conditioning, seed, temperature, prefix_rows: sample_graph(
-                model, canvas, conditioning, seed, temperature, prefix_rows)))
+                model, canvas, conditioning, seed, temperature, prefix_rows, top_k)))
         images = run(canvas, conditioning, seed, temperature, prefix_rows)
-        return np.asarray(images).astype(np.uint8)
+        return np.asarray(images).astype(dtype)
 
     init = _compiled(model, "init_cache", jit_compile, lambda: (
         lambda canvas, conditioning: model.init_cache(tf.shape(canvas)[0], conditioning)))
-    steps = _compiled(model, "decode_steps", jit_compile, lambda: (
+    steps = _compiled(model, f"decode_steps/top_k={top_k}", jit_compile, lambda: (
         lambda canvas, cache, seed, temperature, prefix_rows, start, stop: decode_steps(
-            model, canvas, cache, seed, temperature, prefix_rows, start, stop)))
+            model, canvas, cache, seed, temperature, prefix_rows, start, stop, top_k)))
     cache = init(canvas, conditioning)
     total = num_steps(model)
     bounds = np.linspace(0, total, max(1, min(int(progress_chunks), total)) + 1).astype(int)
@@ -218,4 +234,4 @@ def sample(model, num_samples, temperature=1.0, seed=0, labels=None, inputs=None
         canvas, cache = steps(canvas, cache, seed, temperature, prefix_rows,
                               tf.constant(int(start)), tf.constant(int(stop)))
         progress(int(stop), total)
-    return np.asarray(canvas).astype(np.uint8)
+    return np.asarray(canvas).astype(dtype)

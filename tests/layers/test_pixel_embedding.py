@@ -27,3 +27,29 @@ def test_config_round_trip_and_channel_check():
     assert layer.compute_output_shape((None, 2, 5, 3)) == (None, 2, 15, 8)
     assert isinstance(keras.saving.deserialize_keras_object(
         keras.saving.serialize_keras_object(layer)), PixelEmbedding)
+
+
+def test_vocab_size_sets_the_table_rows_and_channel_offsets():
+    layer = PixelEmbedding(hidden_size=4, num_channels=2, vocab_size=5)
+    codes = np.random.RandomState(1).randint(0, 5, (2, 3, 4, 2)).astype("int32")
+    out = np.asarray(layer(codes))
+    table = np.asarray(layer.embeddings)
+    assert table.shape == (10, 4) and out.shape == (2, 3, 8, 4)
+    expected = table[codes + 5 * np.arange(2)] * 2.0  # row v + vocab_size * c, sqrt(4)
+    np.testing.assert_allclose(out, expected.reshape(2, 3, 8, 4), rtol=1e-6)
+    # One channel of codes (a code prior's input).
+    single = PixelEmbedding(hidden_size=4, num_channels=1, vocab_size=7)
+    assert tuple(single(np.zeros((1, 2, 2, 1), "int32")).shape) == (1, 2, 2, 4)
+    assert tuple(single.embeddings.shape) == (7, 4)
+
+
+def test_vocab_size_config_and_validation():
+    layer = PixelEmbedding(hidden_size=8, num_channels=1, vocab_size=1024)
+    config = layer.get_config()
+    assert config["vocab_size"] == 1024
+    assert PixelEmbedding.from_config(config).vocab_size == 1024
+    del config["vocab_size"]  # a config saved before vocab_size existed
+    assert PixelEmbedding.from_config(config).vocab_size == 256
+    for bad in (1, 0, 2.5, True, "256"):
+        with pytest.raises(ValueError, match="vocab_size"):
+            PixelEmbedding(hidden_size=8, vocab_size=bad)

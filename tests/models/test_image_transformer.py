@@ -245,3 +245,80 @@ def test_dropout_only_in_training():
     np.testing.assert_array_equal(a, np.asarray(model({"targets": images})))
     b = np.asarray(model({"targets": images}, training=True))
     assert np.abs(a - b).max() > 1e-4
+
+
+# ------------------------------------------------------------------ vocab_size
+def code_prior(**overrides):
+    """A prior over 4x4 grids of codes in 0..K-1 (Taming Transformers' second stage)."""
+    args = dict(image_height=4, image_width=4, num_channels=1, vocab_size=11,
+                query_shape=(2, 2), memory_flange=(1, 2))
+    args.update(overrides)
+    return tiny(**args)
+
+
+@pytest.mark.parametrize("attention", ["local_1d", "local_2d", "global"])
+def test_code_prior_logits_log_prob_and_causality(attention):
+    model = code_prior(dec_attention_type=attention)
+    codes = np.random.RandomState(3).randint(0, 11, (2, 4, 4, 1)).astype("int32")
+    logits = np.asarray(model({"targets": codes}), np.float64)
+    assert logits.shape == (2, 4, 4, 1, 11)
+    assert model.compute_output_shape({"targets": (2, 4, 4, 1)}) == (2, 4, 4, 1, 11)
+    assert tuple(model.output_layer.kernel.shape) == (32, 11)
+    assert tuple(model.embedding.embeddings.shape) == (11, 32)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    expected = np.take_along_axis(logp, codes[..., None], -1).reshape(2, -1).sum(-1)
+    np.testing.assert_allclose(np.asarray(model.log_prob({"targets": codes})), expected,
+                               rtol=1e-5)
+    # Causal on the code grid: a code never influences its own or an earlier output.
+    rank = generation_rank(model)
+    base = model({"targets": codes[:1]})
+    for s in range(16):
+        changed = codes[:1].copy()
+        changed[0, s // 4, s % 4, 0] = (changed[0, s // 4, s % 4, 0] + 5) % 11
+        delta = np.abs(np.asarray(model({"targets": changed})) - np.asarray(base))
+        touched = delta.reshape(16, -1).max(-1) > 1e-6
+        assert not touched[rank <= rank[s]].any()
+
+
+def test_vocab_size_validation_names_the_setting():
+    with pytest.raises(ValueError, match="vocab_size=300"):
+        tiny(likelihood="dmol", vocab_size=300)
+    for bad in (1, 0, 16.0, None):
+        with pytest.raises(ValueError, match="vocab_size"):
+            tiny(vocab_size=bad)
+    assert tiny(likelihood="dmol", vocab_size=256).vocab_size == 256
+
+
+def test_vocab_size_config_round_trip_and_old_configs(tmp_path):
+    import json
+    import zipfile
+
+    model = code_prior(vocab_size=300)
+    codes = np.random.RandomState(4).randint(0, 300, (2, 4, 4, 1)).astype("int32")
+    out = np.asarray(model({"targets": codes}))
+    assert model.get_config()["vocab_size"] == 300
+    clone = _same_weights_model(model, {"targets": codes})
+    assert clone.vocab_size == 300 and clone.get_config() == model.get_config()
+    np.testing.assert_array_equal(np.asarray(clone({"targets": codes})), out)
+    path = tmp_path / "prior.keras"
+    model.save(path)
+    np.testing.assert_allclose(np.asarray(keras.saving.load_model(path)({"targets": codes})),
+                               out, atol=1e-6)
+    # A .keras file written before vocab_size existed has no such key: it loads with 256.
+    old = tiny(image_height=4, image_width=4)
+    images = random_images(1)[:, :4, :4]
+    expected = np.asarray(old({"targets": images}))
+    old.save(tmp_path / "old.keras")
+    stripped = tmp_path / "stripped.keras"
+    with zipfile.ZipFile(tmp_path / "old.keras") as src, zipfile.ZipFile(stripped, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                del config["config"]["vocab_size"]
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+    loaded = keras.saving.load_model(stripped)
+    assert loaded.vocab_size == 256
+    np.testing.assert_allclose(np.asarray(loaded({"targets": images})), expected, atol=1e-6)

@@ -357,3 +357,16 @@ def test_encoder_dropout_only_in_training():
     a = np.asarray(model.encode(features))
     np.testing.assert_array_equal(a, np.asarray(model.encode(features)))
     assert np.abs(a - np.asarray(model.encode(features, training=True))).max() > 1e-4
+
+
+def test_vocab_size_applies_to_the_targets_only():
+    model = tiny(vocab_size=16, num_channels=1, dec_attention_type="local_1d")
+    rng = np.random.RandomState(5)
+    inputs = rng.randint(0, 256, (2, IN, IN, 1)).astype("int32")
+    codes = rng.randint(0, 16, (2, H, W, 1)).astype("int32")
+    out = np.asarray(model({"inputs": inputs, "targets": codes}))
+    assert out.shape == (2, H, W, 1, 16)
+    assert tuple(model.input_embedding.embeddings.shape) == (256, 32)  # 8-bit inputs
+    assert tuple(model.embedding.embeddings.shape) == (16, 32)
+    clone = Img2ImgTransformer.from_config(model.get_config())
+    assert clone.vocab_size == 16 and clone.get_config() == model.get_config()

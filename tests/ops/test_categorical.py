@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from t2t_image.ops.categorical import categorical_log_prob, sample_categorical, stateless_uniform
+from t2t_image.ops.categorical import (
+    categorical_log_prob,
+    check_top_k,
+    sample_categorical,
+    stateless_uniform,
+    top_k_logits,
+)
 
 
 def log_softmax(a, axis=-1):
@@ -149,3 +155,80 @@ def test_invalid_arguments_raise():
         sample_categorical(LOGITS, (1, 2), temperature=tf.constant([1.0, 2.0]))
     with pytest.raises(ValueError, match="labels"):
         categorical_log_prob(np.zeros((2, 3, 4)), np.zeros((2,), np.int32))
+
+
+# ------------------------------------------------------------------------ top-k
+LOGITS8 = np.array([0.3, 1.4, -0.2, 1.1, 0.9, -1.0, 0.0, 1.25], np.float32)
+
+
+def chi_square_limit(df, z=4.75):
+    """Wilson-Hilferty approximation of the chi-square quantile at one-sided z (p ~ 1e-6)."""
+    return df * (1.0 - 2.0 / (9 * df) + z * np.sqrt(2.0 / (9 * df))) ** 3
+
+
+@pytest.mark.parametrize("top_k,temperature", [(3, 1.0), (5, 0.7), (3, tf.constant(2.0))])
+def test_top_k_draws_only_the_k_largest_with_renormalised_frequencies(top_k, temperature):
+    logits = np.broadcast_to(LOGITS8, (NUM_SAMPLES, 8))
+    samples = sample_categorical(logits, (5, 9), temperature=temperature, top_k=top_k).numpy()
+    allowed = np.argsort(-LOGITS8)[:top_k]
+    assert np.isin(samples, allowed).all()
+    t = float(temperature)
+    expected = softmax(LOGITS8[allowed].astype(np.float64) / t)  # renormalised over the top k
+    counts = np.bincount(samples, minlength=8)[allowed]
+    chi2 = np.sum((counts - NUM_SAMPLES * expected) ** 2 / (NUM_SAMPLES * expected))
+    assert chi2 < chi_square_limit(top_k - 1)
+    # Not vacuous: every one of the k allowed values is drawn.
+    assert (counts > 0).all()
+
+
+def test_top_k_one_is_argmax_and_full_k_changes_nothing():
+    logits = np.random.default_rng(3).normal(0.0, 1.0, (4, 32, 10)).astype(np.float32)
+    for temperature in (1.0, 5.0):
+        got = sample_categorical(logits, (2, 2), temperature=temperature, top_k=1).numpy()
+        np.testing.assert_array_equal(got, np.argmax(logits, -1))
+    free = sample_categorical(logits, (2, 2)).numpy()
+    assert (free != np.argmax(logits, -1)).any()
+    # top_k = num_classes (and 0 / None) keeps the same noise: identical draws.
+    for off in (10, 0, None):
+        np.testing.assert_array_equal(sample_categorical(logits, (2, 2), top_k=off).numpy(), free)
+
+
+def test_top_k_logits_reference_and_ties():
+    logits = np.random.default_rng(4).normal(0.0, 1.0, (3, 7)).astype(np.float32)
+    got = top_k_logits(logits, 2).numpy()
+    kth = np.sort(logits, -1)[:, -2:-1]
+    np.testing.assert_array_equal(got, np.where(logits >= kth, logits, -np.inf))
+    assert (np.isfinite(got).sum(-1) == 2).all()
+    # Values tied with the k-th largest are all kept.
+    tied = top_k_logits(np.array([[1.0, 3.0, 1.0, 0.0]], np.float32), 2).numpy()
+    np.testing.assert_array_equal(tied, [[1.0, 3.0, 1.0, -np.inf]])
+    low = top_k_logits(tf.constant(logits, tf.bfloat16), 3)
+    assert low.dtype == tf.float32
+
+
+def test_top_k_compiles_with_xla_in_a_while_loop():
+    sampler = tf.function(sample_categorical, jit_compile=True)
+    logits = tf.constant(np.broadcast_to(LOGITS8, (1000, 8)))
+
+    @tf.function(jit_compile=True)
+    def loop(seed):
+        def body(step, counts):
+            drawn = sampler(logits, seed + tf.stack([0, step]), tf.constant(1.0), top_k=2)
+            return step + 1, counts + tf.reduce_sum(tf.one_hot(drawn, 8, dtype=tf.int32), 0)
+
+        return tf.while_loop(lambda step, _: step < 5, body,
+                             (tf.constant(0), tf.zeros(8, tf.int32)))[1]
+
+    counts = loop(tf.constant([3, 4])).numpy()
+    assert counts.sum() == 5000 and set(np.nonzero(counts)[0]) == {1, 7}
+    expected = softmax(LOGITS8[[1, 7]].astype(np.float64))
+    assert np.max(np.abs(counts[[1, 7]] / 5000 - expected)) < 0.03
+
+
+@pytest.mark.parametrize("bad", [-1, 9, 2.0, True, "3", tf.constant(2)])
+def test_invalid_top_k_raises(bad):
+    with pytest.raises(ValueError, match="top_k"):
+        sample_categorical(LOGITS8, (1, 2), top_k=bad)
+    with pytest.raises(ValueError, match=r"\[1, 8\]"):
+        check_top_k(9, 8)
+    assert check_top_k(None) == 0 and check_top_k(np.int64(4), 8) == 4

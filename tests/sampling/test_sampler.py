@@ -143,6 +143,9 @@ def test_progress_and_no_xla_give_the_same_samples():
         (dict(prefix=np.zeros((2, 1, W, 3)), num_prefix_rows=2), "prefix must have shape"),
         (dict(prefix=np.full((2, 2, W, 3), 300), num_prefix_rows=2), "0..255"),
         (dict(num_prefix_rows=H + 1), "num_prefix_rows"),
+        (dict(top_k=257), r"top_k.*\[1, vocab_size=256\]"),
+        (dict(top_k=-1), "top_k"),
+        (dict(top_k=2.0), "top_k"),
     ],
 )
 def test_invalid_arguments_are_named(kwargs, pattern):
@@ -163,3 +166,70 @@ def test_conditional_models_require_their_conditioning():
         sample(model, 2, labels=[0, 3])
     with pytest.raises(ValueError, match="shape"):
         sample(model, 2, labels=[0, 1, 2])
+
+
+def top_k_violations(model, images, top_k):
+    """How many drawn sub-pixels lie outside the top_k logits they were drawn from.
+
+    The model is causal, so its outputs on the final image are the logits each
+    value was drawn from.
+    """
+    logits = np.asarray(model({"targets": images.astype(np.int32)}))
+    drawn = np.take_along_axis(logits, images[..., None].astype(np.int64), -1)
+    kth = np.sort(logits, -1)[..., -top_k][..., None]
+    return int((drawn < kth).sum())
+
+
+def test_top_k_sampling_matches_the_reference_and_stays_in_the_top_k():
+    model = bad_model(dec_attention_type="local_2d", scale=3.0)
+    fast = sample(model, 2, temperature=2.0, seed=4, top_k=3)
+    slow = reference_sample(model, 2, temperature=2.0, seed=4, top_k=3)
+    np.testing.assert_array_equal(fast, slow)
+    assert top_k_violations(model, fast, 3) == 0
+    # Without XLA for the loop (the draws are XLA-compiled either way): the same samples.
+    run = lambda **kw: sample(model, 2, seed=4, jit_compile=False, **kw)  # noqa: E731
+    np.testing.assert_array_equal(run(temperature=2.0, top_k=3), fast)
+    # Not vacuous: at this temperature, sampling without top_k leaves the top 3 often.
+    free = run(temperature=2.0)
+    assert top_k_violations(model, free, 3) > 10
+    # top_k=1 is the argmax image (temperature 0), whatever the temperature.
+    np.testing.assert_array_equal(run(temperature=2.0, top_k=1), run(temperature=0.0))
+    # top_k=vocab_size (and 0) is the unrestricted draw.
+    np.testing.assert_array_equal(run(temperature=2.0, top_k=256), free)
+    np.testing.assert_array_equal(run(temperature=2.0, top_k=0), free)
+
+
+def test_top_k_is_rejected_for_dmol():
+    model = bad_model(likelihood="dmol")
+    with pytest.raises(ValueError, match="top_k.*likelihood='cat'"):
+        sample(model, 1, top_k=5)
+    with pytest.raises(ValueError, match="top_k.*likelihood='cat'"):
+        reference_sample(model, 1, top_k=5)
+
+
+def code_prior(vocab_size, **overrides):
+    """A sharp random prior over 4x4 grids of codes in 0..vocab_size-1."""
+    model = tiny(ImageTransformer, num_channels=1, vocab_size=vocab_size, **overrides)
+    model({"targets": np.zeros((1, H, W, 1), np.int32)})
+    model.output_layer.kernel.assign(model.output_layer.kernel * 20.0)
+    return model
+
+
+def test_code_prior_samples_codes_above_255_and_checks_prefix_values():
+    model = code_prior(300, dec_attention_type="local_1d")
+    fast = sample(model, 3, seed=2, top_k=50)
+    slow = reference_sample(model, 3, seed=2, top_k=50)
+    assert fast.dtype == np.int32 and fast.shape == (3, H, W, 1)
+    np.testing.assert_array_equal(fast, slow)
+    assert fast.min() >= 0 and fast.max() < 300 and (fast > 255).any()
+    prefix = np.full((3, 1, W, 1), 299)
+    completed = sample(model, 3, seed=2, prefix=prefix, num_prefix_rows=1, jit_compile=False)
+    np.testing.assert_array_equal(completed[:, :1], prefix)
+    with pytest.raises(ValueError, match=r"0\.\.299 \(vocab_size=300\)"):
+        sample(model, 3, prefix=prefix + 1, num_prefix_rows=1)
+    with pytest.raises(ValueError, match="top_k"):
+        sample(model, 3, top_k=301)
+    small = code_prior(16, dec_attention_type="local_2d", query_shape=(2, 2))
+    codes = sample(small, 2, seed=1, jit_compile=False)
+    assert codes.dtype == np.uint8 and codes.max() < 16
+    np.testing.assert_array_equal(codes, reference_sample(small, 2, seed=1))
