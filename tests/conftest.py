@@ -18,6 +18,19 @@ def _seed():
     np.random.seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _absl_verbosity():
+    # Tests that run a CLI's main() in-process parse (and unparse) absl flags, which
+    # sets the "absl" logger to WARNING for the rest of the worker; restore its level
+    # so that later tests that check INFO log lines see them whatever ran before.
+    import logging
+
+    logger = logging.getLogger("absl")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
 @pytest.fixture
 def shared_data():
     if not SHARED_DATA.is_dir():
