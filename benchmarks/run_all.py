@@ -3,17 +3,20 @@
 Parts (issue 7): the float32 matmul peak and the training step of the three
 issue configurations with model FLOP utilization (``training.py``, imported),
 the scaling of time and memory per position (``training.py``, one subprocess
-per point), the training input pipelines (``data_pipeline.py``, subprocess)
-and sampling speed (``sampling.py``, subprocess, when present). Each part's
+per point), the training input pipelines (``data_pipeline.py``, subprocess),
+sampling speed (``sampling.py``, subprocess, when present) and two-stage
+against pixel-level sampling (``two_stage.py``, subprocess, when present). Each part's
 own table is printed as it finishes, then one combined table with the input
 pipelines beside the training consumption (images/s of the cat 1D-local step).
 
-Usage (from the repository root; about 15 minutes on 2 busy CPU cores)::
+Usage (from the repository root; about 15 minutes on 2 busy CPU cores, plus
+about 4 for ``two_stage.py``)::
 
-    python3 benchmarks/run_all.py [--quick] [--skip data,sampling,scaling]
+    python3 benchmarks/run_all.py [--quick] [--skip data,sampling,scaling,two_stage]
 
 ``--quick``: 2 timed steps, scaling at 16x16 and 32x32 only, 1 s per
-pipeline, 2 reference sampling steps. Nothing is written.
+pipeline, 2 reference sampling steps, ``two_stage.py --quick``. Nothing is
+written.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def _run(script, args):
     for line in proc.stdout.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("|") and not set(cells[0]) <= set("-: ") and cells[0] not in (
-                "pipeline", "attention"):
+                "pipeline", "attention", "model"):
             rows.append(cells)
     return proc.stdout, rows
 
@@ -50,7 +53,8 @@ def main(argv=None):
     """Runs all benchmarks and prints their tables and one summary table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--skip", default="", help="comma list of: configs,scaling,data,sampling")
+    parser.add_argument("--skip", default="",
+                        help="comma list of: configs,scaling,data,sampling,two_stage")
     args = parser.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     steps = 2 if args.quick else 3
@@ -111,6 +115,14 @@ def main(argv=None):
                             "s/image"))
         if rows is None:
             summary.append(("sampling", "sampling.py", "failed", ""))
+    if "two_stage" not in skip and (HERE / "two_stage.py").exists():
+        out, rows = _run("two_stage.py", ["--quick"] if args.quick else [])
+        print(out, flush=True)
+        for cells in rows or []:
+            summary.append(("two-stage sampling", f"{cells[0]}, {cells[1]}, batch {cells[3]}",
+                            cells[8], f"s/image ({cells[9]} the pixel model's)"))
+        if rows is None:
+            summary.append(("two-stage sampling", "two_stage.py", "failed", ""))
 
     print("## Summary")
     print()

@@ -3,10 +3,15 @@
     t2t-image-exporter --model_dir=D --export_dir=E [--checkpoint=...] [--nojit_compile]
 
 The model comes from ``--model_dir`` as for t2t-image-sampler (see
-``t2t_image.cli.model_loading``). The SavedModel has the endpoints (and
+``t2t_image.training.model_loading``). The SavedModel has the endpoints (and
 signatures) ``sample``, ``complete``, ``log_prob`` and ``serving_default``
 (= ``sample``), described in ``t2t_image.export.export_saved_model``; it
 loads with ``tf.saved_model.load(E)`` where t2t_image is not installed.
+
+A two-stage model (a prior whose model_dir records its first stage in
+``first_stage.json``, or ``--first_stage_dir``) is exported as one SavedModel
+with ``sample`` (codes and decoded images), ``decode``, ``encode`` and
+``log_prob``: see ``t2t_image.two_stage.export_two_stage_saved_model``.
 """
 
 import os
@@ -31,21 +36,50 @@ def define_flags():
         "A .keras file or TF checkpoint prefix to export "
         "instead of the model directory's latest.")
     define("string", "export_dir", None, "Directory of the SavedModel to write.")
+    define("string", "first_stage_dir", None, "Model directory of the first stage of a "
+           "two-stage model (default: the one recorded in --model_dir/first_stage.json).")
     define("boolean", "jit_compile", True, "Compile the exported sampling loop with XLA.")
     define("boolean", "overwrite", False, "Replace an existing non-empty --export_dir.")
 
 
 def main(argv):
-    """Loads the model and writes the SavedModel (T2T's ``t2t-exporter``)."""
-    del argv
-    from t2t_image.cli.model_loading import load_model
-    from t2t_image.export import export_saved_model
+    """Loads the model and writes the SavedModel (T2T's ``t2t-exporter``).
 
+    Bad flags or a model directory with nothing loadable end in a usage error
+    naming the flag (exit status 1, no traceback).
+    """
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments (flags need --name=value): {argv[1:]}")
+    if FLAGS.model_dir is None and FLAGS.checkpoint is None:
+        raise app.UsageError("--model_dir (or --checkpoint) is required.")
     if not FLAGS.export_dir:
         raise app.UsageError("--export_dir is required.")
+    if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
+        raise app.UsageError(f"--export_dir={FLAGS.export_dir} is a file, not a directory.")
     if os.path.isdir(FLAGS.export_dir) and os.listdir(FLAGS.export_dir) and not FLAGS.overwrite:
         raise app.UsageError(f"--export_dir={FLAGS.export_dir} is not empty (pass --overwrite).")
-    model, source = load_model(FLAGS.model_dir, FLAGS.checkpoint)
+
+    from t2t_image.export import export_saved_model
+    from t2t_image.training.model_loading import load_model
+    from t2t_image.two_stage import export_two_stage_saved_model, first_stage_dir_of
+
+    try:
+        model, source = load_model(FLAGS.model_dir, FLAGS.checkpoint)
+        first_stage_dir = FLAGS.first_stage_dir or (
+            first_stage_dir_of(FLAGS.model_dir) if FLAGS.model_dir else None)
+        first_stage = load_model(first_stage_dir)[0] if first_stage_dir else None
+    except (FileNotFoundError, ValueError) as e:
+        raise app.UsageError(str(e)) from e
+    if first_stage is not None:
+        try:
+            export_two_stage_saved_model(model, first_stage, FLAGS.export_dir,
+                                         jit_compile=FLAGS.jit_compile)
+        except ValueError as e:  # the two stages do not fit together
+            raise app.UsageError(f"--first_stage_dir={first_stage_dir}: {e}") from e
+        print(f"Exported the two-stage model {source} + {first_stage_dir} to "
+              f"{FLAGS.export_dir} (endpoints: sample, decode, encode, log_prob, "
+              "serving_default)")
+        return
     export_saved_model(model, FLAGS.export_dir, jit_compile=FLAGS.jit_compile)
     print(f"Exported {type(model).__name__} from {source} to {FLAGS.export_dir} "
           "(endpoints: sample, complete, log_prob, serving_default)")

@@ -35,7 +35,7 @@ def main(argv):
     parse_gin(FLAGS.gin_file, FLAGS.gin_param)
     from t2t_image import configurables
 
-    trainer = configurables.Trainer(model_dir=FLAGS.model_dir)
+    trainer = configurables.train_job(FLAGS.model_dir)
     if FLAGS.mode not in ("eval", "eval_sr"):
         trainer.acquire_lock()  # before anything in model_dir is written
     trainer.build()  # data, model and optimizer: configuration errors surface here

@@ -113,7 +113,13 @@ class NpzSource(Source):
         self._cache: dict[str, dict] = {}
 
     def describe(self) -> str:
-        return f"npz({', '.join(f'{k}={v}' for k, v in self.splits.items())})"
+        # Every setting that changes what is read (the code-grid cache keys on this).
+        keys = [f"{name}={value!r}" for name, value in (
+            ("image_key", self.image_key), ("label_key", self.label_key),
+            ("inputs_key", self.inputs_key)) if value is not None]
+        if self.label_offset:
+            keys.append(f"label_offset={self.label_offset}")
+        return f"npz({', '.join([f'{k}={v}' for k, v in self.splits.items()] + keys)})"
 
     def _load_file(self, path: str) -> dict:
         try:

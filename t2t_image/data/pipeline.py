@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -87,6 +88,12 @@ class DatasetInfo:
       imagenet_version: ``"oord"`` / ``"chrabaszcz"`` / None.
       training, shuffle, repeat, drop_remainder, seed, batch_size: resolved settings.
       skipped: the ``SkippedFiles`` of an ``image_folder`` source, else None.
+      first_stage_dir: for a dataset of code grids (``t2t_image.two_stage``),
+        the first stage's model directory, else None.
+      image_num_dims: for code grids, the sub-pixels of the image a grid stands
+        for (for bits per image dimension), else None.
+      decode_codes: for code grids, a function from int codes ``[b, h, w, 1]``
+        to int32 0..255 images, else None.
     """
 
     source: str
@@ -105,6 +112,9 @@ class DatasetInfo:
     seed: int | None
     batch_size: int
     skipped: SkippedFiles | None = None
+    first_stage_dir: str | None = None
+    image_num_dims: int | None = None
+    decode_codes: Any = None
 
 
 def _check_int(value, setting, minimum=1):
@@ -117,6 +127,29 @@ def _check_bool_or_none(value, setting):
     if value is not None and not isinstance(value, bool):
         raise ValueError(f"{setting} must be True, False or None, got {value!r}")
     return value
+
+
+def resolve_order(training, shuffle, repeat, seed, drop_remainder):
+    """Validates and resolves the order settings from ``training`` (see ``make_dataset``).
+
+    Returns:
+      ``(shuffle, repeat, seed, drop_remainder)``; a random seed (to be logged)
+      when shuffling without one.
+    """
+    if not isinstance(training, bool):
+        raise ValueError(f"training must be a bool, got {training!r}")
+    shuffle = training if _check_bool_or_none(shuffle, "shuffle") is None else shuffle
+    drop_remainder = training if _check_bool_or_none(drop_remainder, "drop_remainder") is None else drop_remainder
+    if repeat is None:
+        repeat = training
+    elif not isinstance(repeat, bool):
+        repeat = _check_int(repeat, "repeat")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise ValueError(f"seed must be an int or None, got {seed!r}")
+    if shuffle and seed is None:
+        seed = secrets.randbelow(2**31)
+    seed = None if seed is None else int(seed)
+    return shuffle, repeat, seed, drop_remainder
 
 
 def make_dataset(source, split="train", batch_size=16, *, task="unconditional", image_size=32,
@@ -171,19 +204,8 @@ def make_dataset(source, split="train", batch_size=16, *, task="unconditional", 
                 f"input_size must be smaller than image_size={image_size} for super-resolution, got {input_size!r}"
             )
     shuffle_buffer = _check_int(shuffle_buffer, "shuffle_buffer")
-    if not isinstance(training, bool):
-        raise ValueError(f"training must be a bool, got {training!r}")
-    shuffle = training if _check_bool_or_none(shuffle, "shuffle") is None else shuffle
-    drop_remainder = training if _check_bool_or_none(drop_remainder, "drop_remainder") is None else drop_remainder
-    if repeat is None:
-        repeat = training
-    elif not isinstance(repeat, bool):
-        repeat = _check_int(repeat, "repeat")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-        raise ValueError(f"seed must be an int or None, got {seed!r}")
-    if shuffle and seed is None:
-        seed = secrets.randbelow(2**31)
-    seed = None if seed is None else int(seed)
+    shuffle, repeat, seed, drop_remainder = resolve_order(training, shuffle, repeat, seed,
+                                                          drop_remainder)
     if source_kwargs is not None and not hasattr(source_kwargs, "items"):
         raise ValueError(f"source_kwargs must be a mapping or None, got {source_kwargs!r}")
 
@@ -207,7 +229,7 @@ def make_dataset(source, split="train", batch_size=16, *, task="unconditional", 
 
     epochs = None if repeat is True else (1 if repeat is False else repeat)
     if data.images is not None:
-        ds = _array_pipeline(data, features, task, batch_size, shuffle, seed, epochs, drop_remainder)
+        ds = array_pipeline(data, features, task, batch_size, shuffle, seed, epochs, drop_remainder)
     else:
         ds = data.dataset
         if shuffle and not data.shuffled:
@@ -246,8 +268,12 @@ def make_dataset(source, split="train", batch_size=16, *, task="unconditional", 
     return (ds, info) if with_info else ds
 
 
-def _array_pipeline(data: SplitData, features, task, batch_size, shuffle, seed, epochs, drop_remainder):
-    """Index-based pipeline for in-memory arrays: shuffle indices, batch, gather, transform."""
+def array_pipeline(data: SplitData, features, task, batch_size, shuffle, seed, epochs, drop_remainder):
+    """Index-based pipeline for in-memory arrays: shuffle indices, batch, gather, transform.
+
+    ``features(images, labels, inputs)`` maps gathered batches to feature dicts;
+    ``epochs`` is None for forever.
+    """
     n = len(data.images)
     if n == 0:
         raise ValueError(f"the split selects no examples: {data.description}")

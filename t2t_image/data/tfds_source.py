@@ -99,7 +99,9 @@ class TfdsSource(Source):
 
     def describe(self) -> str:
         where = self.data_dir or "default data_dir"
-        return f"tfds({self.dataset_name}, {where})"
+        # Every setting that changes what is read (the code-grid cache keys on this).
+        return (f"tfds({self.dataset_name}, {where}, image_key={self.image_key!r}, "
+                f"label_key={self.label_key!r}, crop_box={self.crop_box!r})")
 
     def _get_builder(self):
         if self._builder is None:

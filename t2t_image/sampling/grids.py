@@ -89,7 +89,8 @@ def _first_batch(dataset, num_samples):
     return {k: np.asarray(v)[:num_samples] for k, v in batch.items()}
 
 
-def sample_grid_for_summary(model, num_samples, seed=0, eval_dataset=None, temperature=1.0):
+def sample_grid_for_summary(model, num_samples, seed=0, eval_dataset=None, temperature=1.0,
+                            decode=None):
     """A grid of fresh samples for TensorBoard during training.
 
     Class-conditional models sample the labels of the first ``eval_dataset``
@@ -105,6 +106,8 @@ def sample_grid_for_summary(model, num_samples, seed=0, eval_dataset=None, tempe
         seed: int, sampling seed (e.g. the training step).
         eval_dataset: optional ``tf.data.Dataset`` of feature dicts.
         temperature: float >= 0.
+        decode: optional function from samples to images (a prior over code
+            grids: the first stage's decoder).
 
     Returns:
         uint8 grid `[height, width, channels]` (see ``image_grid``).
@@ -131,4 +134,6 @@ def sample_grid_for_summary(model, num_samples, seed=0, eval_dataset=None, tempe
     inputs = None if inputs is None else inputs[:n]
     images = sample(model, n, temperature=temperature, seed=int(seed), labels=labels,
                     inputs=inputs)
+    if decode is not None:
+        images = decode(images)
     return image_grid(images)

@@ -22,6 +22,8 @@ from t2t_image.training import strategy as strategy_lib
 from t2t_image.training.schedules import NoamSchedule
 
 PRECISIONS = (None, "float32", "mixed_bfloat16", "mixed_float16")
+# Written into the model_dir of a prior over code grids: where its first stage is.
+FIRST_STAGE_FILE = "first_stage.json"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -60,6 +62,10 @@ class Trainer:
         precision: None/"float32", "mixed_bfloat16" or "mixed_float16".
         seed: int, seed of weight initialisation and dropout.
     """
+
+    # The evaluation results also written as TensorBoard scalars.
+    # (``bits_per_image_dim`` only for priors over code grids.)
+    EVAL_SUMMARIES = ("bits_per_dim", "nats_per_dim", "bits_per_image_dim")
 
     def __init__(
         self,
@@ -168,34 +174,41 @@ class Trainer:
             self.model = self.model_fn(dtype=policy)
             dummy = {k: tf.zeros([1] + v.shape[1:].as_list(), v.dtype) for k, v in spec.items()}
             self.model(dummy)  # builds the variables; raises on a data/model mismatch
-            hidden_size = getattr(self.model, "hidden_size", 512)
-            self.schedule = NoamSchedule(self.learning_rate, hidden_size, self.warmup_steps)
-            optimizer = keras.optimizers.Adam(
-                learning_rate=self.schedule,
-                beta_1=self.adam_beta1,
-                beta_2=self.adam_beta2,
-                epsilon=self.adam_epsilon,
-                global_clipnorm=self.clip_gradient_norm or None,
-            )
-            if policy == "mixed_float16":
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            self.optimizer = optimizer
-            self.optimizer.build(self.model.trainable_variables)
+            self._build_optimizers()
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.num_dims = int(np.prod(spec["targets"].shape[1:]))
-        self.checkpoint = tf.train.Checkpoint(
-            model=self.model, optimizer=self.optimizer, step=self.step
-        )
+        self.checkpoint = tf.train.Checkpoint(step=self.step, **self._checkpoint_objects())
         ckpt_dir = os.path.join(self.model_dir, "checkpoints")
         if not self.is_chief:  # other workers write to a throw-away directory
             ckpt_dir = os.path.join(self.model_dir, "tmp_workers", str(id(self)))
-        self.manager = tf.train.CheckpointManager(
+        # run_guard's manager: its state file never names a half-deleted checkpoint.
+        self.manager = run_guard.CheckpointManager(
             self.checkpoint, ckpt_dir, max_to_keep=self.keep_checkpoints,
             checkpoint_name="ckpt",
         )
         # Resuming with another architecture fails here, before any step runs.
         run_guard.check_model_config(self.model_dir, self.model)
         self._built = True
+
+    def _build_optimizers(self):
+        """Creates ``self.optimizer`` (and, in subclasses, more); inside the strategy scope."""
+        hidden_size = getattr(self.model, "hidden_size", 512)
+        self.schedule = NoamSchedule(self.learning_rate, hidden_size, self.warmup_steps)
+        optimizer = keras.optimizers.Adam(
+            learning_rate=self.schedule,
+            beta_1=self.adam_beta1,
+            beta_2=self.adam_beta2,
+            epsilon=self.adam_epsilon,
+            global_clipnorm=self.clip_gradient_norm or None,
+        )
+        if (self.precision or "float32") == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        self.optimizer = optimizer
+        self.optimizer.build(self.model.trainable_variables)
+
+    def _checkpoint_objects(self):
+        """What a checkpoint holds besides the step (subclasses add their objects)."""
+        return {"model": self.model, "optimizer": self.optimizer}
 
     def restore(self, checkpoint_path=None):
         """Restores the given checkpoint, or the latest in model_dir; returns its path."""
@@ -223,7 +236,11 @@ class Trainer:
                 nll = self._per_example_nll(features, training=True)
                 loss = tf.nn.compute_average_loss(nll / num_dims, global_batch_size=global_batch)
                 scaled = optimizer.scale_loss(loss)
-            return tape.gradient(scaled, model.trainable_variables), loss
+            grads = tape.gradient(scaled, model.trainable_variables)
+            # Dense gradients: an embedding's gradient arrives as IndexedSlices with
+            # repeated rows, and Keras's Adam would square each row before summing
+            # them (a wrong second moment); TF1's Adam, T2T's, summed them first.
+            return [tf.convert_to_tensor(g) for g in grads], loss
 
         if self.jit_compile:  # XLA for the model's forward and backward pass
             compute_gradients = tf.function(compute_gradients, jit_compile=True)
@@ -246,8 +263,8 @@ class Trainer:
             grads = [strategy.experimental_local_results(g)[0] for g in grads]
             optimizer.apply(grads, model.trainable_variables)
             self.step.assign_add(1)
-            return (strategy.reduce("sum", loss, axis=None),
-                    strategy.experimental_local_results(norm)[0])
+            return {"loss": strategy.reduce("sum", loss, axis=None),
+                    "gradient_norm": strategy.experimental_local_results(norm)[0]}
 
         return train_step
 
@@ -273,15 +290,13 @@ class Trainer:
                              tf.summary.create_file_writer(os.path.join(root, "eval")))
         return self._writers
 
+    def _write_errors_named(self, what, step, directory):
+        """Context: an I/O error in it becomes a ModelDirWriteError naming what, step, directory."""
+        return run_guard.write_errors_named(what, step, directory, self.manager.directory)
+
     def _save(self, step):
-        try:
+        with self._write_errors_named("checkpoint", step, self.manager.directory):
             path = self.manager.save(checkpoint_number=step)
-        except (OSError, tf.errors.OpError) as e:
-            raise RuntimeError(
-                f"cannot write the checkpoint of step {step} to {self.manager.directory}: "
-                f"{e}. Earlier checkpoints are intact; the latest complete one is "
-                f"{self.manager.latest_checkpoint}."
-            ) from e
         logging.info("Saved checkpoint %s", path)
         return path
 
@@ -314,20 +329,26 @@ class Trainer:
         # The data iterator's position is checkpointed too, so a resumed run
         # continues the data order instead of restarting it.
         self.checkpoint.data_iterator = iterator
+        if self.is_chief:  # train() holds the model_dir lock: no save is in progress
+            run_guard.remove_partial_checkpoints(self.manager.directory)
         self.restore()
         train_step = self._make_train_step()
         train_writer, _ = self._summary_writers()
         if self.is_chief:
             run_guard.write_model_config(self.model_dir, self.model)
+            first_stage = getattr(self.train_info, "first_stage_dir", None)
+            if first_stage:  # a prior over code grids: samplers decode with this first stage
+                with tf.io.gfile.GFile(os.path.join(self.model_dir, FIRST_STAGE_FILE), "w") as f:
+                    json.dump({"first_stage_dir": first_stage}, f, indent=2)
         step = int(self.step.numpy())
         if step >= self.num_train_steps:
             logging.info("Step %d >= num_train_steps=%d: nothing to train.", step, self.num_train_steps)
         last_time, last_step = time.time(), step
         results = None
         while step < self.num_train_steps:
-            loss, norm = train_step(iterator)
+            metrics = {k: float(v) for k, v in train_step(iterator).items()}
             step = int(self.step.numpy())
-            loss = float(loss)
+            loss = metrics["loss"]
             if not math.isfinite(loss):
                 raise NonFiniteLossError(
                     f"the training loss is {loss} at step {step}; stopping. The last good "
@@ -337,32 +358,37 @@ class Trainer:
                 now = time.time()
                 steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
                 last_time, last_step = now, step
-                lr = float(self.schedule(step - 1))
-                bits = loss / math.log(2.0)
-                logging.info(
-                    "step %d/%d  loss %.4f nats/dim  %.4f bits/dim  lr %.3g  grad_norm %.3g  "
-                    "%.2f steps/s  %.1f examples/s", step, self.num_train_steps, loss, bits, lr,
-                    float(norm), steps_per_sec, steps_per_sec * self.global_batch_size,
-                )
-                with train_writer.as_default(step=step):
-                    tf.summary.scalar("loss", loss)
-                    tf.summary.scalar("bits_per_dim", bits)
-                    tf.summary.scalar("learning_rate", lr)
-                    tf.summary.scalar("gradient_norm", float(norm))
-                    tf.summary.scalar("steps_per_second", steps_per_sec)
-                    tf.summary.scalar("examples_per_second", steps_per_sec * self.global_batch_size)
+                scalars = self._train_scalars(step, metrics)
+                scalars["steps_per_second"] = steps_per_sec
+                scalars["examples_per_second"] = steps_per_sec * self.global_batch_size
+                logging.info("step %d/%d  %s", step, self.num_train_steps,
+                             "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+                with self._write_errors_named("TensorBoard summaries", step, self.model_dir):
+                    with train_writer.as_default(step=step):  # flushes on exit
+                        for name, value in scalars.items():
+                            tf.summary.scalar(name, value)
             if step % self.checkpoint_every == 0 or step == self.num_train_steps:
                 self._save(step)
             if self.sample_every and step % self.sample_every == 0:
                 self.write_samples(step)
             if self.eval_every and step % self.eval_every == 0 and step != self.num_train_steps:
                 self.evaluate()
-        train_writer.flush()
+        with self._write_errors_named("TensorBoard summaries", step, self.model_dir):
+            train_writer.flush()
         if self.eval_dataset is not None:
             results = self.evaluate()
         if self.sample_every and step % self.sample_every:
             self.write_samples(step)  # the loop has not sampled this final step yet
         return results
+
+    def _train_scalars(self, step, metrics):
+        """The scalars logged at a training step: loss (nats/dim), bits/dim, learning rate."""
+        return {
+            "loss": metrics["loss"],
+            "bits_per_dim": metrics["loss"] / math.log(2.0),
+            "learning_rate": float(self.schedule(step - 1)),
+            "gradient_norm": metrics["gradient_norm"],
+        }
 
     def evaluate(self, checkpoint_path=None):
         """Mean NLL (nats and bits/dim) over the whole evaluation split.
@@ -382,37 +408,45 @@ class Trainer:
             path = self.restore(checkpoint_path)
         else:
             path = self.manager.latest_checkpoint
-        eval_step = self._make_eval_step()
-        total, count = 0.0, 0.0
         dataset = self.eval_dataset
         if self.eval_batches:
             dataset = dataset.take(self.eval_batches)
-        for batch in self.strategy.experimental_distribute_dataset(dataset):
+        step = int(self.step.numpy())
+        results = {"step": step, "checkpoint": path}
+        results.update(self._evaluate_split(self.strategy.experimental_distribute_dataset(dataset)))
+        summaries = [k for k in self.EVAL_SUMMARIES if k in results]
+        logging.info("eval at step %d: %s", step, "  ".join(
+            f"{k} {results[k]:.4f}" for k in summaries))
+        if self.is_chief:
+            _, eval_writer = self._summary_writers()
+            with eval_writer.as_default(step=step):
+                for name in summaries:
+                    tf.summary.scalar(name, results[name])
+            eval_writer.flush()
+            with tf.io.gfile.GFile(os.path.join(self.model_dir, "eval_results.json"), "w") as f:
+                json.dump(results, f, indent=2)
+        return results
+
+    def _evaluate_split(self, distributed_dataset):
+        """Sums per-image NLL over every batch; returns the mean per image and per dim."""
+        eval_step = self._make_eval_step()
+        total, count = 0.0, 0.0
+        for batch in distributed_dataset:
             t, c = eval_step(batch)
             total += float(t)
             count += float(c)
         if count == 0:
             raise ValueError("the evaluation dataset is empty.")
-        step = int(self.step.numpy())
         nats_per_dim = total / (count * self.num_dims)
         results = {
-            "step": step,
-            "checkpoint": path,
             "num_examples": int(count),
             "nats_per_image": total / count,
             "nats_per_dim": nats_per_dim,
             "bits_per_dim": nats_per_dim / math.log(2.0),
         }
-        logging.info("eval at step %d: %.4f bits/dim over %d examples", step,
-                     results["bits_per_dim"], int(count))
-        if self.is_chief:
-            _, eval_writer = self._summary_writers()
-            with eval_writer.as_default(step=step):
-                tf.summary.scalar("bits_per_dim", results["bits_per_dim"])
-                tf.summary.scalar("nats_per_dim", nats_per_dim)
-            eval_writer.flush()
-            with tf.io.gfile.GFile(os.path.join(self.model_dir, "eval_results.json"), "w") as f:
-                json.dump(results, f, indent=2)
+        image_dims = getattr(self.train_info, "image_num_dims", None)
+        if image_dims:  # a prior over code grids: bits_per_dim is bits per code
+            results["bits_per_image_dim"] = total / (count * image_dims * math.log(2.0))
         return results
 
     def average_checkpoints(self, num_last):
@@ -453,7 +487,8 @@ class Trainer:
         if not self.is_chief:
             return
         grid = sample_grid_for_summary(self.model, self.num_samples, seed=step,
-                                       eval_dataset=self.eval_dataset)
+                                       eval_dataset=self.eval_dataset,
+                                       decode=getattr(self.train_info, "decode_codes", None))
         _, eval_writer = self._summary_writers()
         with eval_writer.as_default(step=step):
             tf.summary.image("samples", grid[None], max_outputs=1)

@@ -2,12 +2,14 @@
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import app
 from PIL import Image
 
 from t2t_image.models import ImageTransformer
@@ -60,11 +62,16 @@ def test_sampler_writes_grid_and_arrays_equal_to_the_python_sampler(tmp_path, mo
 
 def test_sampler_usage_errors_and_exporter(tmp_path, model_dir):
     model, folder = model_dir
+    # A label out of range is caught right after loading: usage error, no sampling.
     proc = run_tool("t2t-image-sampler", f"--model_dir={folder}", "--num_samples=2",
-                    f"--output={tmp_path / 'g.png'}", cwd=tmp_path)
-    assert proc.returncode != 0 and "num_classes=3" in proc.stderr
+                    "--label=3", f"--output={tmp_path / 'g.png'}", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "--label=3 is out of range" in proc.stderr and "num_classes=3" in proc.stderr
+    assert "Loaded ImageTransformer" in proc.stderr and "step" not in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "g.png").exists()
     proc = run_tool("t2t-image-sampler", f"--model_dir={tmp_path / 'nothing'}", cwd=tmp_path)
-    assert proc.returncode != 0 and "model.keras" in proc.stderr
+    assert proc.returncode == 1 and "model.keras" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
     proc = run_tool("t2t-image-exporter", f"--model_dir={folder}",
                     f"--export_dir={tmp_path / 'export'}", cwd=tmp_path)
@@ -79,3 +86,158 @@ def test_sampler_usage_errors_and_exporter(tmp_path, model_dir):
     proc = run_tool("t2t-image-exporter", f"--model_dir={folder}",
                     f"--export_dir={tmp_path / 'export'}", cwd=tmp_path)
     assert proc.returncode != 0 and "--overwrite" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def write_npz(path, array):
+    np.savez(path, inputs=array)
+    return path.name
+
+
+# (flags, fragments of the message); run with a --model_dir that does not exist, so a
+# check that ran after loading would report the missing model instead.
+BAD_FLAGS = {
+    "num_samples_zero": (["--num_samples=0"], ["--num_samples must be a positive", "got 0"]),
+    "num_samples_negative": (["--num_samples=-2"], ["--num_samples", "got -2"]),
+    "num_samples_not_int": (["--num_samples=two"], ["--num_samples=two"]),
+    "label_not_int": (["--label=1.5"], ["--label=1.5"]),
+    "label_negative": (["--label=-1"], ["--label must be a class id >= 0, got -1"]),
+    "temperature_negative": (["--temperature=-0.5"], ["--temperature must be a finite",
+                                                      "got -0.5"]),
+    "temperature_nan": (["--temperature=nan"], ["--temperature", "got nan"]),
+    "temperature_inf": (["--temperature=inf"], ["--temperature", "got inf"]),
+    "temperature_not_float": (["--temperature=hot"], ["--temperature=hot"]),
+    "rows_zero": (["--complete=full.png", "--rows=0"], ["--rows must be >= 1", "got 0"]),
+    "rows_negative": (["--complete=full.png", "--rows=-3"], ["--rows", "got -3"]),
+    "rows_alone": (["--rows=2"], ["--rows needs --complete"]),
+    "complete_alone": (["--complete=full.png"], ["--complete needs --rows"]),
+    "complete_not_image": (["--complete=junk.png", "--rows=1"],
+                           ["--complete=junk.png: not a readable image"]),
+    "batch_size_zero": (["--batch_size=0"], ["--batch_size", "got 0"]),
+    "seed_too_large": ([f"--seed={2 ** 63}"], ["--seed must be an integer", str(2 ** 63)]),
+    "inputs_above_255": (["--inputs=above.npz"], ["--inputs=above.npz", "0..255",
+                                                  "[0, 300]"]),
+    "inputs_negative": (["--inputs=negative.npz"], ["--inputs=negative.npz", "[-1, 0]"]),
+    "inputs_fractional": (["--inputs=fraction.npz"], ["--inputs=fraction.npz",
+                                                      "whole numbers", "float"]),
+    "inputs_nan": (["--inputs=nan.npz"], ["--inputs=nan.npz", "whole numbers"]),
+    "inputs_not_images": (["--inputs=flat.npz"], ["--inputs=flat.npz", "shape (4,)"]),
+    "inputs_missing": (["--inputs=none.npz"], ["--inputs=none.npz: no such file"]),
+    "stray_argument": (["3"], ["unexpected arguments", "'3'"]),
+}
+
+
+def write_bad_files(folder):
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(folder / "full.png")
+    (folder / "junk.png").write_text("not a png")
+    write_npz(folder / "above.npz", np.arange(2)[:, None, None] * np.full((2, 2, 3), 300))
+    write_npz(folder / "negative.npz", -np.eye(2, dtype=int)[None, :, :, None].repeat(3, -1))
+    write_npz(folder / "fraction.npz", np.full((1, 2, 2, 3), 0.5))
+    write_npz(folder / "nan.npz", np.full((1, 2, 2, 3), np.nan))
+    write_npz(folder / "flat.npz", np.zeros(4, np.uint8))
+
+
+@pytest.fixture
+def in_folder(tmp_path, monkeypatch):
+    write_bad_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FLAGS))
+def test_bad_flag_is_refused_by_main_before_loading(in_folder, name):
+    """Every case through the tool's main() in-process (absl parses the flags)."""
+    from absl import flags
+
+    from t2t_image.cli import sampler
+
+    sampler.define_flags()
+    argv = ["t2t-image-sampler", f"--model_dir={in_folder / 'no_model'}", *BAD_FLAGS[name][0]]
+    try:
+        with pytest.raises((app.UsageError, flags.Error)) as error:
+            sampler.main(flags.FLAGS(argv))
+    finally:
+        flags.FLAGS.unparse_flags()
+    for fragment in BAD_FLAGS[name][1]:
+        assert fragment in str(error.value), (fragment, str(error.value))
+
+
+def test_bad_flags_exit_with_a_usage_error_and_no_traceback(in_folder):
+    """A few cases end to end: exit status 1, the message, no traceback, no model loaded."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    names = ["num_samples_not_int", "temperature_nan", "label_negative", "rows_zero",
+             "inputs_above_255", "complete_not_image"]
+    procs = {name: subprocess.Popen(
+        [sys.executable, str(BIN / "t2t-image-sampler"), f"--model_dir={in_folder / 'no_model'}",
+         *BAD_FLAGS[name][0]], cwd=in_folder, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for name in names}
+    for name, proc in procs.items():
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 1, (name, stderr[-2000:])
+        assert "Traceback" not in stderr and "no_model" not in stderr, (name, stderr[-2000:])
+        for fragment in BAD_FLAGS[name][1]:
+            assert fragment in stderr, (name, fragment, stderr[-500:])
+
+
+def test_flags_are_checked_against_the_loaded_model(model_dir):
+    from absl.app import UsageError
+
+    from t2t_image.cli.sampler import check_against_model
+    from t2t_image.cli.sampler import run_sampler
+    from t2t_image.models import Img2ImgTransformer
+
+    model = model_dir[0]  # class-conditional, num_classes=3, 4x4 images
+    image = np.zeros((4, 4, 3), np.uint8)
+    cases = [
+        (dict(), "is class-conditional (num_classes=3): pass --label in 0..2"),
+        (dict(label=3), "--label=3 is out of range"),
+        (dict(label=7), "--label=7 is out of range"),
+        (dict(label=0, complete=image, rows=5), "--rows=5 is out of range"),
+        (dict(label=0, complete=image[:3], rows=1), "--complete images are 3x4x3"),
+        (dict(label=0, inputs=image[None]), "--inputs was given but ImageTransformer"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(UsageError, match=re.escape(message)):
+            check_against_model(model, **kwargs)
+    with pytest.raises(UsageError, match=re.escape("--temperature must be a finite")):
+        run_sampler(model, 2, float("inf"), 0, label=1, progress=False)
+    check_against_model(model, label=2, complete=image, rows=4)  # valid: no error
+
+    sr = Img2ImgTransformer(input_height=2, input_width=2, image_height=4, image_width=4,
+                            hidden_size=8, filter_size=8, num_heads=2, num_encoder_layers=1,
+                            num_decoder_layers=1, block_length=4)
+    low = np.zeros((2, 2, 2, 3), np.uint8)
+    for kwargs, message in [
+        (dict(), "Img2ImgTransformer is conditioned on low-resolution images: pass --inputs "
+                 "(images 2x2x3)"),
+        (dict(inputs=np.zeros((1, 3, 3, 3), np.uint8)),
+         "--inputs images are 3x3x3 (height x width x channels), the model expects 2x2x3"),
+        (dict(inputs=low[..., :1]), "--inputs images are 2x2x1"),
+        (dict(inputs=low, label=0), "--label=0 was given but Img2ImgTransformer is "
+                                    "unconditional"),
+    ]:
+        with pytest.raises(UsageError, match=re.escape(message)):
+            check_against_model(sr, **kwargs)
+    check_against_model(sr, inputs=low)
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "--export_dir is required"),
+    (["--export_dir=full.png"], "--export_dir=full.png is a file"),
+    (["--export_dir=out", "stray"], "unexpected arguments"),
+    (["--export_dir=out", "--model_dir=no_model"], "--model_dir=no_model has no model.keras"),
+])
+def test_exporter_usage_errors(in_folder, args, message):
+    from absl import flags
+
+    from t2t_image.cli import exporter
+
+    exporter.define_flags()
+    if not any(a.startswith("--model_dir") for a in args):
+        args = ["--model_dir=no_model"] + args
+    try:
+        with pytest.raises(app.UsageError, match=re.escape(message)):
+            exporter.main(flags.FLAGS(["t2t-image-exporter", *args]))
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert not (in_folder / "out").exists()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from t2t_image.cli.model_loading import load_model
+from t2t_image.training.model_loading import load_model
 from t2t_image.models import ImageTransformer
 from t2t_image.sampling.common import dummy_features
 

@@ -1,0 +1,116 @@
+"""SavedModel export of a two-stage model: the prior's sampler and the first stage's codec.
+
+Like ``t2t_image.export.export_saved_model``, the exported graph needs only
+TensorFlow, every endpoint has an explicit signature, and every value is
+checked in the graph (a bad request raises ``InvalidArgumentError`` naming
+the input and the value, and the serving process carries on).
+"""
+
+import math
+
+import tensorflow as tf
+
+from t2t_image.export.saved_model import build_endpoints
+from t2t_image.export.saved_model import range_check
+from t2t_image.export.saved_model import with_signature_names
+from t2t_image.sampling.sampler import ensure_built
+from t2t_image.two_stage.sampler import check_two_stage
+
+
+def build_two_stage_endpoints(prior, first_stage, jit_compile=True):
+    """The exported functions of a two-stage model, with their input signatures.
+
+    Args:
+        prior: a code prior (``ImageTransformer``, ``num_channels=1``).
+        first_stage: its ``VQAutoencoder``.
+        jit_compile: bool, compile the prior's sampling loop with XLA.
+
+    Returns:
+        dict name -> (fn, input_signature) for ``sample``, ``decode``,
+        ``encode`` and ``log_prob``.
+    """
+    ensure_built(prior)
+    ensure_built(first_stage)
+    check_two_stage(prior, first_stage)
+    prior_endpoints = build_endpoints(prior, jit_compile)
+    prior_sample, prior_sample_signature = prior_endpoints["sample"]
+    prior_log_prob, prior_log_prob_signature = prior_endpoints["log_prob"]
+    codebook_size = first_stage.codebook_size
+    h, w = prior.image_height, prior.image_width
+    image_shape = [None, first_stage.image_height, first_stage.image_width,
+                   first_stage.num_channels]
+
+    def to_images(codes):
+        return tf.cast(first_stage.images_from_codes(codes), tf.uint8)
+
+    def sample(*args):
+        """Samples code grids with the prior and decodes them to images."""
+        codes = tf.cast(prior_sample(*args)["images"][..., 0], tf.int32)
+        return {"images": to_images(codes), "codes": codes}
+
+    def decode(codes):
+        """Images of code grids of any size (the decoder is convolutional)."""
+        check = range_check("codes", codes, 0, codebook_size,
+                            f" (codebook_size={codebook_size})")
+        with tf.control_dependencies([check]):
+            return {"images": to_images(tf.identity(codes))}
+
+    def encode(images):
+        """The code grids of images (nearest codebook entries)."""
+        return {"codes": tf.cast(first_stage.encode_to_codes(tf.cast(images, tf.int32)),
+                                 tf.int32)}
+
+    def log_prob(codes, *conditioning):
+        """The prior's log-likelihood of code grids: nats and bits per code."""
+        check = range_check("codes", codes, 0, codebook_size,
+                            f" (codebook_size={codebook_size})")
+        with tf.control_dependencies([check]):
+            grids = tf.cast(codes, prior_log_prob_signature[0].dtype)[..., None]
+        nats = prior_log_prob(grids, *conditioning)["log_prob"]
+        return {"log_prob": nats, "bits_per_code": -nats / (h * w * math.log(2.0))}
+
+    codes_spec = tf.TensorSpec([None, h, w], tf.int32, "codes")
+    endpoints = {
+        "sample": (sample, prior_sample_signature),
+        "decode": (decode, [tf.TensorSpec([None, None, None], tf.int32, "codes")]),
+        "encode": (encode, [tf.TensorSpec(image_shape, tf.uint8, "images")]),
+        "log_prob": (log_prob, [codes_spec] + prior_log_prob_signature[1:]),
+    }
+    return {name: (with_signature_names(fn, signature), signature)
+            for name, (fn, signature) in endpoints.items()}
+
+
+def export_two_stage_saved_model(prior, first_stage, export_dir, jit_compile=True, verbose=False):
+    """Writes a two-stage model as one TF SavedModel (Esser et al. 2021's sampler).
+
+    Endpoints (also signatures; ``serving_default`` is ``sample``):
+
+    - ``sample(num_samples: int32[], temperature: float32[], seed: int64[]
+      [, labels: int32[n]])`` -> ``{"images": uint8[n, H, W, 3], "codes":
+      int32[n, h, w]}``: the prior's training-size grid, decoded; the same
+      codes as ``t2t_image.sampling.sample(prior, n, temperature, seed)``.
+    - ``decode(codes: int32[n, h', w'])`` -> ``{"images"}`` for grids of any
+      size (e.g. from sliding-window sampling).
+    - ``encode(images: uint8[n, H, W, 3])`` -> ``{"codes"}``.
+    - ``log_prob(codes: int32[n, h, w] [, labels])`` -> ``{"log_prob"
+      (nats), "bits_per_code"}``.
+
+    Args:
+        prior, first_stage: the two stages (built if needed).
+        export_dir: path of the SavedModel directory.
+        jit_compile: bool, XLA for the sampling loop.
+        verbose: bool, let Keras print the endpoints.
+
+    Returns:
+        ``export_dir``.
+    """
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(prior)
+    archive.track(first_stage)
+    for name, (fn, signature) in build_two_stage_endpoints(prior, first_stage,
+                                                           jit_compile).items():
+        archive.add_endpoint(name, fn, input_signature=signature)
+    archive.write_out(str(export_dir), verbose=verbose)
+    return export_dir
