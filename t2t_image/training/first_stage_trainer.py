@@ -190,11 +190,11 @@ class FirstStageTrainer(Trainer):
         replicas = float(strategy.num_replicas_in_sync)
 
         def gradient(tape, loss, variables):
-            # Zeros where a loss does not reach a variable (e.g. the adversarial term
-            # and the encoder's codebook); Keras variables' string dtypes rule out
-            # tf.UnconnectedGradients.ZERO.
-            # Dense gradients: the codebook's gather yields IndexedSlices with repeated rows,
-            # and Keras's Adam squares those rows before summing them (a wrong second moment).
+            # Zeros where a loss does not reach a variable (e.g. the adversarial term and
+            # the codebook; Keras variables' string dtypes rule out
+            # tf.UnconnectedGradients.ZERO), and dense gradients: the codebook's gather
+            # yields IndexedSlices with repeated rows, which Keras's Adam would square
+            # before summing them (a wrong second moment).
             grads = tape.gradient(loss, variables)
             return [tf.zeros_like(v.value) if g is None else tf.convert_to_tensor(g)
                     for g, v in zip(grads, variables)]
