@@ -42,6 +42,8 @@ def test_first_stage_prior_sampler_and_exporter(tmp_path):
     assert json.loads((prior / "first_stage.json").read_text())["first_stage_dir"] == str(first)
     assert len(list((first / "codes").glob("*.npz"))) == 2  # the train and eval splits
     evaluated = json.loads((prior / "eval_results.json").read_text())
+    # Six steps already beat the uniform distribution over the 32 codes (5 bits per code).
+    assert evaluated["bits_per_dim"] < 5.0
     # bits per image dimension = bits per code * 16 codes / (16 * 16 * 3) sub-pixels.
     assert evaluated["bits_per_image_dim"] == pytest.approx(
         evaluated["bits_per_dim"] * 16 / (16 * 16 * 3), rel=1e-6)
