@@ -36,8 +36,6 @@ def define_flags():
         "A .keras file or TF checkpoint prefix to export "
         "instead of the model directory's latest.")
     define("string", "export_dir", None, "Directory of the SavedModel to write.")
-    define("string", "first_stage_dir", None, "Model directory of the first stage of a "
-           "two-stage model (default: the one recorded in --model_dir/first_stage.json).")
     define("boolean", "jit_compile", True, "Compile the exported sampling loop with XLA.")
     define("boolean", "overwrite", False, "Replace an existing non-empty --export_dir.")
 
@@ -60,14 +58,12 @@ def main(argv):
         raise app.UsageError(f"--export_dir={FLAGS.export_dir} is not empty (pass --overwrite).")
 
     from t2t_image.export import export_saved_model
-    from t2t_image.training.model_loading import load_model
-    from t2t_image.two_stage import export_two_stage_saved_model, first_stage_dir_of
+    from t2t_image.training.model_loading import load_model_and_first_stage
+    from t2t_image.two_stage import export_two_stage_saved_model
 
     try:
-        model, source = load_model(FLAGS.model_dir, FLAGS.checkpoint)
-        first_stage_dir = FLAGS.first_stage_dir or (
-            first_stage_dir_of(FLAGS.model_dir) if FLAGS.model_dir else None)
-        first_stage = load_model(first_stage_dir)[0] if first_stage_dir else None
+        model, source, first_stage, first_stage_dir = load_model_and_first_stage(
+            FLAGS.model_dir, FLAGS.checkpoint, FLAGS.first_stage_dir)
     except (FileNotFoundError, ValueError) as e:
         raise app.UsageError(str(e)) from e
     if first_stage is not None:

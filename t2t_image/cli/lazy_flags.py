@@ -25,10 +25,13 @@ class LazyFlags:
             getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
 
     def define_model_source(self, checkpoint_help):
-        """The --model_dir / --checkpoint pair that the model-loading tools share."""
+        """The --model_dir / --checkpoint / --first_stage_dir flags the model-loading tools share."""
         self.define("string", "model_dir", None, "Model directory (model.keras, or "
                     "model_config.json with TF checkpoints in checkpoints/).")
         self.define("string", "checkpoint", None, checkpoint_help)
+        self.define("string", "first_stage_dir", None, "Model directory of the first stage of "
+                    "a two-stage model (default: the one recorded in "
+                    "--model_dir/first_stage.json).")
 
     def run(self, main, doc):
         """Runs ``main`` under absl with ``doc`` as usage and these flags as key flags."""

@@ -83,8 +83,6 @@ def define_flags():
     define("integer", "width", None, "Columns to sample (default: the training size).")
     define("string", "size_units", "pixels", "Units of --height/--width for two-stage models: "
            "pixels or codes.")
-    define("string", "first_stage_dir", None, "Model directory of the first stage of a "
-           "two-stage model (default: the one recorded in --model_dir/first_stage.json).")
     define("boolean", "jit_compile", True, "Compile the sampling loop with XLA.")
     define("boolean", "progress", True, "Show the progress of every batch on stderr.")
 
@@ -444,23 +442,19 @@ def main(argv):
     complete = read_png(FLAGS.complete, "complete") if FLAGS.complete else None
 
     # TensorFlow is imported from here on.
-    from t2t_image.training.model_loading import load_model
     from t2t_image.sampling import write_image_grid
-    from t2t_image.two_stage.sampler import first_stage_dir_of, grid_size
+    from t2t_image.training.model_loading import load_model_and_first_stage
+    from t2t_image.two_stage.sampler import grid_size
 
     try:
-        model, source = load_model(FLAGS.model_dir, FLAGS.checkpoint)
-        first_stage_dir = FLAGS.first_stage_dir or (
-            first_stage_dir_of(FLAGS.model_dir) if FLAGS.model_dir else None)
-        first_stage = None
-        if first_stage_dir:
-            first_stage, first_source = load_model(first_stage_dir)
+        model, source, first_stage, first_stage_dir = load_model_and_first_stage(
+            FLAGS.model_dir, FLAGS.checkpoint, FLAGS.first_stage_dir)
     except (FileNotFoundError, ValueError) as e:
         raise app.UsageError(str(e)) from e
     print(f"Loaded {type(model).__name__} from {source}", file=sys.stderr)
     height, width = FLAGS.height, FLAGS.width
     if first_stage is not None:
-        print(f"Loaded the first stage {type(first_stage).__name__} from {first_source}",
+        print(f"Loaded the first stage {type(first_stage).__name__} from {first_stage_dir}",
               file=sys.stderr)
         if height is not None:
             try:

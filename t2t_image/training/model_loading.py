@@ -114,3 +114,40 @@ def load_model(model_dir, checkpoint=None):
             f"checkpoint {prefix} does not match the model of {CONFIG_FILE}: {e}"
         ) from e
     return model, prefix
+
+
+def first_stage_dir_of(model_dir):
+    """The first stage's model directory recorded in a prior's model_dir, or None.
+
+    The trainer writes ``first_stage.json`` into the model_dir of a prior over
+    code grids (a dataset from ``t2t_image.two_stage.make_code_dataset``).
+    """
+    from t2t_image.training.trainer import FIRST_STAGE_FILE
+
+    path = os.path.join(model_dir, FIRST_STAGE_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["first_stage_dir"]
+
+
+def load_model_and_first_stage(model_dir, checkpoint=None, first_stage_dir=None):
+    """Loads a model and, for the prior of a two-stage model, its first stage.
+
+    Args:
+        model_dir, checkpoint: as ``load_model``.
+        first_stage_dir: the first stage's model directory; None: the one
+            recorded in ``model_dir/first_stage.json``, if any.
+
+    Returns:
+        ``(model, source, first_stage, first_stage_dir)``; the last two are
+        None for a one-stage model.
+
+    Raises:
+        FileNotFoundError, ValueError: as ``load_model``, for either stage.
+    """
+    model, source = load_model(model_dir, checkpoint)
+    if first_stage_dir is None and model_dir is not None:
+        first_stage_dir = first_stage_dir_of(model_dir)
+    first_stage = load_model(first_stage_dir)[0] if first_stage_dir else None
+    return model, source, first_stage, first_stage_dir or None

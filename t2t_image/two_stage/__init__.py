@@ -9,14 +9,12 @@ grids larger than the training size) decoded by the first stage;
 from t2t_image.two_stage.code_dataset import make_code_dataset
 from t2t_image.two_stage.export import export_two_stage_saved_model
 from t2t_image.two_stage.sampler import check_two_stage
-from t2t_image.two_stage.sampler import first_stage_dir_of
 from t2t_image.two_stage.sampler import grid_size
 from t2t_image.two_stage.sampler import sample_two_stage
 
 __all__ = [
     "check_two_stage",
     "export_two_stage_saved_model",
-    "first_stage_dir_of",
     "grid_size",
     "make_code_dataset",
     "sample_two_stage",

@@ -8,9 +8,6 @@ first stage's convolutional decoder turns a grid of any size into an image
 ``downsample_factor`` times larger.
 """
 
-import json
-import os
-
 import numpy as np
 
 from t2t_image.sampling import sample
@@ -80,14 +77,3 @@ def sample_two_stage(prior, first_stage, num_samples, height=None, width=None, s
     codes = np.asarray(codes, np.int32)[..., 0]
     images = np.asarray(first_stage.images_from_codes(codes), np.int32)
     return images, codes
-
-
-def first_stage_dir_of(prior_dir):
-    """The first stage's model directory recorded in a prior's model_dir, or None."""
-    from t2t_image.training.trainer import FIRST_STAGE_FILE
-
-    path = os.path.join(prior_dir, FIRST_STAGE_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)["first_stage_dir"]
