@@ -9,8 +9,8 @@ against pixel-level sampling (``two_stage.py``, subprocess, when present). Each 
 own table is printed as it finishes, then one combined table with the input
 pipelines beside the training consumption (images/s of the cat 1D-local step).
 
-Usage (from the repository root; about 15 minutes on 2 busy CPU cores, plus
-about 4 for ``two_stage.py``)::
+Usage (from the repository root; 6 min 45 s on 2 idle CPU cores, all parts;
+about 15 minutes plus 4 for ``two_stage.py`` when other jobs shared them)::
 
     python3 benchmarks/run_all.py [--quick] [--skip data,sampling,scaling,two_stage]
 

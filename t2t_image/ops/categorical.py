@@ -122,7 +122,7 @@ def _as_temperature(temperature):
     return ops.cast(temperature, "float32")
 
 
-def check_top_k(top_k, num_classes=None):
+def check_top_k(top_k, num_classes=None, num_classes_name=None):
     """Validates a top-k setting and returns it as an int (0 = no restriction).
 
     Not a T2T function (T2T samples from the full softmax); top-k sampling as
@@ -133,6 +133,8 @@ def check_top_k(top_k, num_classes=None):
         top_k: None or 0 (off), or a Python int in ``[1, num_classes]``.
         num_classes: int or None, the number of classes (the last dimension
             of the logits); None skips the upper bound check.
+        num_classes_name: optional str, what the bound is called in the error
+            message (e.g. a model's ``vocab_size``).
 
     Returns:
         int: 0 when off, else ``top_k``.
@@ -142,7 +144,10 @@ def check_top_k(top_k, num_classes=None):
     """
     if top_k is None:
         return 0
-    upper = "num_classes" if num_classes is None else str(num_classes)
+    if num_classes is None:
+        upper = "num_classes"
+    else:
+        upper = f"{num_classes_name}={num_classes}" if num_classes_name else str(num_classes)
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0 \
             or (num_classes is not None and top_k > num_classes):
         raise ValueError(

@@ -223,13 +223,7 @@ def check_sampling_args(model, num_samples, temperature, seed, labels, inputs, p
                 f"top_k is only valid for likelihood='cat' models, got top_k={top_k!r} for a "
                 f"likelihood={model.likelihood!r} model."
             )
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) \
-                or not 1 <= top_k <= vocab_size:
-            raise ValueError(
-                f"top_k must be None (or 0: off) or an int in [1, vocab_size={vocab_size}], "
-                f"got top_k={top_k!r}."
-            )
-    top_k = check_top_k(top_k)
+    top_k = check_top_k(top_k, vocab_size, "vocab_size")
     if top_k == vocab_size:  # the unrestricted draw (same noise): share its compiled loop
         top_k = 0
 
