@@ -13,28 +13,30 @@ Safety (these files come from the internet):
   disk. An archive holding a member whose path is absolute or contains ``..``,
   or a link or device member, is refused as a whole (ValueError naming the
   member) before any pickle is read.
-* Pickles are loaded with ``load_cifar_pickle``, an unpickler that resolves only
-  the globals the format needs (numpy's array reconstructors, ``numpy.ndarray``,
-  ``numpy.dtype`` and ``_codecs.encode``, which Python 3 writes for bytes in
-  protocol 2). Any other global (``os.system``, ``builtins.eval``, ...) raises
-  ``pickle.UnpicklingError`` without being called. The result must then have the
-  batch layout above, else ValueError.
+* Pickles are never unpickled: ``load_cifar_pickle`` parses their opcodes into
+  plain Python objects (``safe_pickle``), and builds a numpy array only after
+  its dtype (a plain integer type), shape and byte count are checked, so a
+  crafted file can neither run code, crash the process nor make it read memory
+  it did not write. A global other than numpy's array reconstructors
+  (``os.system``, ``builtins.eval``, ...) raises ``pickle.UnpicklingError``;
+  anything else outside the batch layout above raises ValueError. Errors name
+  the archive and the member.
+* A member larger than ``MAX_MEMBER_BYTES`` (512 MiB; an official batch is 31 MB)
+  is refused before it is read.
 * ``safe_extract_tar`` extracts an archive for users who want the files on disk,
   with the same member checks plus Python's ``tarfile`` ``"data"`` filter.
 """
 
 from __future__ import annotations
 
-import codecs
-import io
 import os
 import pathlib
-import pickle
 import posixpath
 import tarfile
 
 import numpy as np
 
+from t2t_image.data import safe_pickle
 from t2t_image.data import splits as splits_lib
 from t2t_image.data.sources import Source, SplitData
 
@@ -47,67 +49,49 @@ META = "batches.meta"
 _MEMBERS = TRAIN_BATCHES + (TEST_BATCH, META)
 _SPLITS = {"train": TRAIN_BATCHES, "test": (TEST_BATCH,)}
 
-# The array reconstructors numpy writes into pickles: protocol <= 4 uses
-# multiarray._reconstruct (module "numpy.core.multiarray" in the official Python 2
-# files, "numpy._core.multiarray" from numpy 2); protocol 5 uses numeric._frombuffer.
-_RECONSTRUCT = np.zeros(1).__reduce__()[0]
-_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
-    ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): codecs.encode,
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only the allow-listed globals of the CIFAR format."""
-
-    def __init__(self, file, what: str):
-        super().__init__(file, encoding="bytes")
-        self._what = what
-
-    def find_class(self, module, name):
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"{self._what}: refusing to load global '{module}.{name}'; a CIFAR-10 python "
-                "batch holds only builtin types and numpy uint8 arrays, so this file is not "
-                "one (or has been tampered with). Nothing from it was executed."
-            ) from None
-
-    def persistent_load(self, pid):
-        raise pickle.UnpicklingError(f"{self._what}: persistent ids are not part of the CIFAR format")
+# The official batches are about 31 MB; refuse members that could not be one
+# before reading them (a tar header can claim any size).
+MAX_MEMBER_BYTES = 512 << 20
+_PLAIN = (bytes, str, int, float, bool, type(None))
 
 
 def load_cifar_pickle(data: bytes, what: str = "pickle") -> dict:
-    """Unpickles one CIFAR python file with the restricted unpickler.
+    """Reads one CIFAR python file without unpickling it (``safe_pickle.read_pickle``).
+
+    Only the structures a CIFAR batch or ``batches.meta`` holds are accepted: a
+    dict with string keys whose values are plain values, lists/tuples of plain
+    values, or numpy integer arrays; each array is built only after its dtype,
+    shape and byte count are checked (``safe_pickle.to_array``).
 
     Args:
       data: the file's bytes.
-      what: a name for error messages (e.g. the archive member).
+      what: the file (and archive member) for error messages.
 
     Returns:
       The dict with keys decoded to str (``'data'``, ``'labels'``, ...); bytes
       values are left as they are.
 
     Raises:
-      pickle.UnpicklingError: for any global outside the allow-list (never called).
-      ValueError: when the pickle is not a dict.
+      pickle.UnpicklingError: for any global outside the numpy-array allow-list
+        (nothing is imported or called).
+      ValueError: naming ``what`` when the file is truncated or not a CIFAR dict.
     """
-    try:
-        obj = _RestrictedUnpickler(io.BytesIO(data), what).load()
-    except pickle.UnpicklingError:
-        raise
-    except Exception as e:  # Truncated / garbage bytes: report as a format error.
-        raise ValueError(f"{what}: not a readable CIFAR-10 pickle ({type(e).__name__}: {e})") from e
+    obj = safe_pickle.read_pickle(data, f"{what}: not a readable CIFAR-10 pickle")
     if not isinstance(obj, dict):
         raise ValueError(f"{what}: expected a dict, the CIFAR-10 batch layout; got {type(obj).__name__}")
-    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+    out = {}
+    for key, value in obj.items():
+        name = key.decode("latin1") if isinstance(key, bytes) else str(key)
+        where = f"{what}: b'{name}'"
+        if isinstance(value, safe_pickle.ArrayRecord):
+            value = safe_pickle.to_array(value, where)
+        elif isinstance(value, (list, tuple)):
+            if not all(isinstance(v, _PLAIN) for v in value):
+                raise ValueError(f"{where}: a list may hold only strings and numbers")
+        elif not isinstance(value, _PLAIN):
+            raise ValueError(f"{where}: unexpected {type(value).__name__} value")
+        out[name] = value
+    return out
 
 
 def parse_cifar_batch(batch: dict, what: str = "batch") -> tuple[np.ndarray, np.ndarray]:
@@ -210,29 +194,45 @@ def read_cifar10_files(path, names=_MEMBERS) -> dict[str, bytes]:
 
     Raises:
       FileNotFoundError: when ``path`` does not exist.
-      ValueError: when the archive has an unsafe member or a name appears twice.
+      ValueError: when the archive has an unsafe member, a name appears twice, a
+        member is larger than ``MAX_MEMBER_BYTES`` or cannot be read (naming it).
     """
+    return {name: data for name, (_, data) in _read_files(path, names).items()}
+
+
+def _too_large(where: str, size: int) -> ValueError:
+    return ValueError(f"{where}: {size} bytes is larger than any CIFAR-10 python file "
+                      f"(limit MAX_MEMBER_BYTES={MAX_MEMBER_BYTES}); refused")
+
+
+def _read_files(path, names) -> dict[str, tuple[str, bytes]]:
+    """``read_cifar10_files`` that also says where each file came from (for messages)."""
     path = os.path.expanduser(os.fspath(path))
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"cifar10_archive.path: {path} does not exist; download cifar-10-python.tar.gz from "
             "https://www.cs.toronto.edu/~kriz/cifar.html and pass its path (or the extracted folder)"
         )
-    out: dict[str, bytes] = {}
+    out: dict[str, tuple[str, bytes]] = {}
     if os.path.isdir(path):
         for folder in (path, os.path.join(path, "cifar-10-batches-py")):
             for name in names:
                 file = os.path.join(folder, name)
                 if name not in out and os.path.isfile(file):
+                    if os.path.getsize(file) > MAX_MEMBER_BYTES:
+                        raise _too_large(file, os.path.getsize(file))
                     with open(file, "rb") as f:
-                        out[name] = f.read()
+                        out[name] = (file, f.read())
         return out
     try:
         tar = tarfile.open(path, "r:*")
     except tarfile.TarError as e:
         raise ValueError(f"cifar10_archive.path: {path} is not a tar archive ({e})") from e
     with tar:
-        members = tar.getmembers()
+        try:
+            members = tar.getmembers()
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise ValueError(f"cifar10_archive.path: {path} is a damaged tar archive ({e})") from e
         for member in members:  # Validate every member before reading any.
             _check_member(member, path)
         found: dict[str, tarfile.TarInfo] = {}
@@ -245,7 +245,14 @@ def read_cifar10_files(path, names=_MEMBERS) -> dict[str, bytes]:
                     )
                 found[base] = member
         for base, member in found.items():
-            out[base] = tar.extractfile(member).read()
+            where = f"{path} member {member.name}"
+            if member.size > MAX_MEMBER_BYTES:
+                raise _too_large(where, member.size)
+            try:
+                out[base] = (where, tar.extractfile(member).read())
+            except (tarfile.TarError, EOFError, OSError) as e:
+                raise ValueError(f"{where}: cannot be read, the archive is damaged "
+                                 f"({type(e).__name__}: {e})") from e
     return out
 
 
@@ -283,19 +290,21 @@ class Cifar10ArchiveSource(Source):
     def _load_base(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         if split not in self._cache:
             names = _SPLITS[split]
-            raw = read_cifar10_files(self.path, names + (META,))
+            files = _read_files(self.path, names + (META,))
+            raw = {n: data for n, (_, data) in files.items()}
             missing = [n for n in names if n not in raw]
             if missing:
                 raise FileNotFoundError(
                     f"cifar10_archive: {self.path} lacks {missing} for split {split!r}"
                 )
-            parts = [parse_cifar_batch(load_cifar_pickle(raw[n], n), n) for n in names]
+            parts = [parse_cifar_batch(load_cifar_pickle(raw[n], files[n][0]), files[n][0])
+                     for n in names]
             self._cache[split] = (np.concatenate([p[0] for p in parts]),
                                   np.concatenate([p[1] for p in parts]))
             if self._label_names is None:
                 self._label_names = list(CIFAR10_LABEL_NAMES)
                 if META in raw:
-                    meta = load_cifar_pickle(raw[META], META)
+                    meta = load_cifar_pickle(raw[META], files[META][0])
                     names_ = meta.get("label_names")
                     if isinstance(names_, list) and len(names_) == 10:
                         self._label_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names_]

@@ -188,3 +188,120 @@ def test_safe_extract_writes_only_inside(cifar_archive, tmp_path):
     assert all(os.path.realpath(f).startswith(str(target.resolve()) + os.sep) for f in files)
     with io.open(files[0], "rb") as f:
         assert f.read(2) == b"\x80\x02"
+
+
+# Crafted pickles (issue 16): numpy's own globals with arguments no numpy pickle has.
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]
+
+
+class _Dtype:
+    """Pickles as numpy.dtype(typestr, False, True) with the given BUILD state."""
+
+    def __init__(self, typestr, state):
+        self.typestr, self.state = typestr, state
+
+    def __reduce__(self):
+        return (np.dtype, (self.typestr, False, True), self.state)
+
+
+class _Array:
+    """Pickles as numpy's _reconstruct(ndarray, (0,), b'b'), with BUILD state or without."""
+
+    def __init__(self, state=None, shape=None):
+        self.state, self.shape = state, shape
+
+    def __reduce__(self):
+        if self.state is None:  # _reconstruct(ndarray, shape, 'u1'): uninitialised memory.
+            return (_RECONSTRUCT, (np.ndarray, self.shape, "u1"))
+        return (_RECONSTRUCT, (np.ndarray, (0,), b"b"), self.state)
+
+
+def _crafted_archive(tmp_path, data):
+    """An archive whose data_batch_1 is a batch dict with the given b'data' object."""
+    raw = py2_pickle({b"data": data, b"labels": [0] * 5, b"batch_label": b"crafted"})
+    path = tmp_path / "crafted.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name in [f"data_batch_{i}" for i in range(1, 6)]:
+            add_bytes(tar, f"cifar-10-batches-py/{name}", raw)
+    return path
+
+
+def _load_train(path):
+    return Cifar10ArchiveSource(path).load("train", shuffle=False, seed=None, with_labels=True)
+
+
+def test_crafted_subarray_dtype_is_refused_before_any_array_is_built(tmp_path):
+    # The attack: an int64 dtype with a 10^7-element sub-array over 800 bytes read out of
+    # bounds (exit 139) through the allow-listed numpy.dtype + BUILD.
+    huge = _Dtype("i8", (3, "<", (np.dtype("i8"), (10**7,)), None, None, -1, -1, 0))
+    crafted = _Array((1, (100,), huge, False, b"\x01" * 800))
+    with pytest.raises(ValueError, match=r"member cifar-10-batches-py/data_batch_1: b'data': "
+                                         r"array dtype is not a plain integer type .*sub-array"):
+        _load_train(_crafted_archive(tmp_path, crafted))
+    # Other dtypes than plain integers (object, float, structured) are refused by name.
+    for typestr, state in [("O", (3, "|", None, None, None, -1, -1, 63)),
+                           ("f8", (3, "<", None, None, None, -1, -1, 0)),
+                           ("V8", (3, "|", None, ("a",), {"a": (np.dtype("u1"), 0)}, 8, 1, 16))]:
+        raw = py2_pickle({b"data": _Array((1, (8,), _Dtype(typestr, state), False, b"\0" * 8))})
+        with pytest.raises(ValueError, match="not a plain integer type"):
+            load_cifar_pickle(raw, "crafted")
+
+
+def test_crafted_reconstruct_without_build_is_refused(tmp_path):
+    # _reconstruct without BUILD gave an uninitialised uint8[N, 3072] that passed every check.
+    crafted = _Array(shape=(5, 3072))
+    with pytest.raises(ValueError, match=r"data_batch_1: b'data': malformed numpy array "
+                                         r"\(unexpected _reconstruct arguments\)"):
+        _load_train(_crafted_archive(tmp_path, crafted))
+    # numpy's own arguments, but the BUILD that fills the array left out.
+    crafted = _Array(shape=(0,))
+    crafted.__reduce__ = lambda: (_RECONSTRUCT, (np.ndarray, (0,), b"b"))
+    with pytest.raises(ValueError, match=r"b'data': numpy array without its contents "
+                                         r"\(no BUILD state\); refused rather than reading "
+                                         r"uninitialised memory"):
+        load_cifar_pickle(py2_pickle({b"data": crafted, b"labels": []}), "crafted")
+
+
+def test_crafted_array_shorter_than_its_shape_is_refused(tmp_path):
+    u1 = _Dtype("u1", (3, "|", None, None, None, -1, -1, 0))
+    crafted = _Array((1, (5, 3072), u1, False, b"\x07" * 100))
+    with pytest.raises(ValueError, match=r"data_batch_1: b'data': numpy array of shape "
+                                         r"\(5, 3072\) and dtype uint8 needs 15360 bytes, the "
+                                         r"file holds 100"):
+        _load_train(_crafted_archive(tmp_path, crafted))
+    # The same structure with all its bytes is a valid batch (the check is not a blanket refusal).
+    ok = _Array((1, (5, 3072), u1, False, bytes(range(256)) * 60))
+    images, labels = parse_cifar_batch(load_cifar_pickle(py2_pickle({b"data": ok, b"labels": [1] * 5})))
+    assert images.shape == (5, 32, 32, 3) and images[0, 0, 1, 0] == 1 and list(labels) == [1] * 5
+
+
+def test_truncated_and_garbage_pickles_name_the_file_and_member(tmp_path, cifar_parts):
+    good = cifar_batch_bytes(*cifar_parts["data_batch_1"])
+    archive = tmp_path / "truncated.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for i in range(1, 6):
+            data = good[:len(good) // 2] if i == 3 else good
+            add_bytes(tar, f"cifar-10-batches-py/data_batch_{i}", data)
+    with pytest.raises(ValueError, match=rf"{archive} member cifar-10-batches-py/data_batch_3: "
+                                         r"not a readable CIFAR-10 pickle: the pickle ends early"):
+        _load_train(archive)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}").write_bytes(good if i != 5 else b"\x80\x02}q\x00(\xff")
+    with pytest.raises(ValueError, match=rf"{folder / 'data_batch_5'}: not a readable CIFAR-10 "
+                                         r"pickle: pickle opcode b'\\xff' at byte 6 is not allowed"):
+        _load_train(folder)
+
+
+def test_oversized_member_is_refused_before_reading(tmp_path, monkeypatch):
+    from t2t_image.data import cifar10_archive
+
+    archive = tmp_path / "big.tar"
+    with tarfile.open(archive, "w") as tar:
+        for i in range(1, 6):
+            add_bytes(tar, f"cifar-10-batches-py/data_batch_{i}", b"\0" * 4096)
+    monkeypatch.setattr(cifar10_archive, "MAX_MEMBER_BYTES", 1024)
+    with pytest.raises(ValueError, match=r"member cifar-10-batches-py/data_batch_1: 4096 bytes is "
+                                         r"larger than any CIFAR-10 python file"):
+        _load_train(archive)
