@@ -8,8 +8,10 @@ equal logits they produce identical images; the sliding-window sampler
 larger canvases.
 """
 
+import functools
+
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from t2t_image.ops.categorical import check_top_k
 from t2t_image.ops.categorical import sample_categorical
@@ -70,12 +72,45 @@ def step_coordinates(model, order=None):
     return row.astype(np.int64), col.astype(np.int64), channel.astype(np.int64)
 
 
+def _fold_to_int32(seed):
+    """A Python int seed (int64 range) folded to 32 bits: low word XOR high word, as int32.
+
+    Seeds in ``[0, 2**32)`` keep their value (as the int32 with the same bits).
+    """
+    word = int(seed) & 0xFFFFFFFFFFFFFFFF
+    folded = (word ^ (word >> 32)) & 0xFFFFFFFF
+    return folded - (1 << 32) if folded >= (1 << 31) else folded
+
+
+def loop_seed(seed):
+    """The sampling seed as the scalar tensor the compiled sampling loops take.
+
+    TensorFlow: int64 (``step_seed`` stacks it with the step). JAX (64-bit
+    integers are off by default): the seed folded to 32 bits
+    (``_fold_to_int32``), the same value ``step_seed`` uses for Python ints
+    there, so the Python-loop reference sampler and the compiled loop draw
+    with identical keys. Distinct seeds within ``[0, 2**32)`` stay distinct.
+
+    Args:
+        seed: int (int64 range).
+
+    Returns:
+        Scalar int64 (TensorFlow) or int32 (JAX) tensor.
+    """
+    if keras_backend() == "jax":
+        return ops.convert_to_tensor(np.int32(_fold_to_int32(seed)))
+    return ops.convert_to_tensor(np.int64(seed))
+
+
 def step_seed(seed, step):
-    """The stateless seed of generation step ``step``: ``[seed, step]`` (int64).
+    """The stateless seed of generation step ``step``: ``[seed, step]``.
 
     Works on Python ints (returns a NumPy array) and on integer tensors
-    (returns an int64 tensor of shape ``[2]``), so the Python-loop reference
+    (returns a tensor of shape ``[2]``), so the Python-loop reference
     sampler and the compiled cached sampler derive identical seeds.
+    TensorFlow: int64 ``[seed, step]``. JAX: int32 ``[seed folded to 32
+    bits, step]`` (a tensor ``seed`` must come from ``loop_seed``, already
+    folded); the ops turn it into the raw ``uint32[2]`` PRNG key.
 
     Not a T2T function (T2T samples with stateful ops).
 
@@ -84,22 +119,41 @@ def step_seed(seed, step):
         step: int or scalar integer tensor, the generation step index.
 
     Returns:
-        int64 seed of shape ``[2]`` for ``t2t_image.ops.categorical`` samplers.
+        Integer seed of shape ``[2]`` for ``t2t_image.ops.categorical`` samplers.
     """
+    jax = keras_backend() == "jax"
     if isinstance(seed, (int, np.integer)) and isinstance(step, (int, np.integer)):
+        if jax:
+            return np.array([_fold_to_int32(seed), int(step)], dtype=np.int32)
         return np.array([int(seed), int(step)], dtype=np.int64)
-    from keras import ops
+    dtype = "int32" if jax else "int64"
+    return ops.stack([ops.cast(seed, dtype), ops.cast(step, dtype)])
 
-    return ops.stack([ops.cast(seed, "int64"), ops.cast(step, "int64")])
+
+def keras_backend():
+    """The Keras backend name ("tensorflow" or "jax"; see ``compiled.backend``)."""
+    from t2t_image.sampling.compiled import backend
+
+    return backend()
 
 
 # XLA's stateless random bits differ from the TF CPU kernel's for the same seed, so
-# every draw goes through these XLA-compiled functions: eager calls (reference
-# sampler), nested calls in a plain tf.function and inlined calls in an XLA loop
-# then all produce the same values. No reduce_retracing: relaxed shapes would hide
+# under TensorFlow every draw goes through these XLA-compiled functions: eager calls
+# (reference sampler), nested calls in a plain tf.function and inlined calls in an XLA
+# loop then all produce the same values. No reduce_retracing: relaxed shapes would hide
 # the static number of mixtures (the last dimension) that the DMOL sampler needs.
-_draw_categorical = tf.function(sample_categorical, jit_compile=True)
-_draw_dmol = tf.function(sample_discretized_mix_logistic, jit_compile=True)
+# Under JAX every draw is XLA-compiled by jax.jit (top_k static) for the same reason.
+@functools.cache
+def _compiled_draws(backend):
+    if backend == "jax":
+        import jax
+
+        return (jax.jit(sample_categorical, static_argnames="top_k"),
+                jax.jit(sample_discretized_mix_logistic))
+    import tensorflow as tf
+
+    return (tf.function(sample_categorical, jit_compile=True),
+            tf.function(sample_discretized_mix_logistic, jit_compile=True))
 
 
 def draw_values(likelihood, outputs, seed, temperature, top_k=None):
@@ -117,7 +171,7 @@ def draw_values(likelihood, outputs, seed, temperature, top_k=None):
         likelihood: "cat" or "dmol".
         outputs: float32 tensor: logits `[batch, vocab_size]` ("cat") or
             mixture parameters `[batch, 10 * K]` ("dmol").
-        seed: int64 seed `[2]` (``step_seed``).
+        seed: integer seed `[2]` (``step_seed``).
         temperature: float32 scalar (tensor), >= 0.
         top_k: None or 0 (off), or a static int in ``[1, vocab_size]``
             ("cat" only): draw among the ``top_k`` largest logits.
@@ -128,17 +182,19 @@ def draw_values(likelihood, outputs, seed, temperature, top_k=None):
     Raises:
         ValueError: for ``top_k`` with ``likelihood="dmol"``.
     """
-    seed = tf.convert_to_tensor(seed, tf.int64)
-    temperature = tf.convert_to_tensor(temperature, tf.float32)
+    backend = keras_backend()
+    seed = ops.convert_to_tensor(seed, "int32" if backend == "jax" else "int64")
+    temperature = ops.convert_to_tensor(temperature, "float32")
     top_k = check_top_k(top_k)  # 0 = off (None and 0 share one trace)
+    draw_categorical, draw_dmol = _compiled_draws(backend)
     if likelihood == "cat":
-        return _draw_categorical(outputs, seed, temperature, top_k=top_k)
+        return draw_categorical(outputs, seed, temperature, top_k=top_k)
     if top_k:
         raise ValueError(
             f"top_k is only valid for likelihood='cat', got top_k={top_k} with "
             f"likelihood={likelihood!r}."
         )
-    return _draw_dmol(outputs, seed, temperature)
+    return draw_dmol(outputs, seed, temperature)
 
 
 def output_dtype(model):

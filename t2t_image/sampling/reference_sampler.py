@@ -8,7 +8,7 @@ ImageTransformer interface, and it defines the samples the cached sampler
 """
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from t2t_image.sampling.common import (
     check_sampling_args,
@@ -19,6 +19,7 @@ from t2t_image.sampling.common import (
     step_coordinates,
     step_seed,
 )
+from t2t_image.sampling.compiled import compiled
 
 
 def reference_sample(model, num_samples, temperature=1.0, seed=0, labels=None, inputs=None,
@@ -68,11 +69,10 @@ def reference_sample(model, num_samples, temperature=1.0, seed=0, labels=None, i
     n = args["num_samples"]
     shape = (n, model.image_height, model.image_width, model.num_channels)
     canvas = np.zeros(shape, np.int32) if args["prefix"] is None else args["prefix"].copy()
-    context = {k: tf.constant(v) for k, v in conditioning_features(args).items()}
-
-    @tf.function(reduce_retracing=True)
-    def forward(targets):
-        return model(dict(context, targets=targets), training=False)
+    context = {k: ops.convert_to_tensor(v) for k, v in conditioning_features(args).items()}
+    # The full forward pass, compiled without XLA under TensorFlow (as T2T runs it).
+    forward = compiled(model, "reference_forward", False, lambda: (
+        lambda context, targets: model(dict(context, targets=targets), training=False)))
 
     order = generation_order(model)
     rows, cols, channels = step_coordinates(model, order)
@@ -81,7 +81,7 @@ def reference_sample(model, num_samples, temperature=1.0, seed=0, labels=None, i
         y, x, c = int(rows[t]), int(cols[t]), int(channels[t])
         if y < args["num_prefix_rows"]:
             continue
-        out = forward(tf.constant(canvas))
+        out = forward(context, ops.convert_to_tensor(canvas))
         seed_t = step_seed(args["seed"], t)
         if model.likelihood == "cat":
             canvas[:, y, x, c] = np.asarray(

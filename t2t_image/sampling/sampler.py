@@ -2,18 +2,18 @@
 
 Every generation step runs the model on one position only
 (``ImageTransformer.call_step``), reading the keys/values of earlier positions
-from per-layer caches; the loop over all steps is a single ``tf.while_loop``
-inside a ``tf.function`` (XLA-compiled by default). With the same seed it
-draws exactly what ``reference_sample`` draws: step ``t`` uses the stateless
-seed ``[seed, t]`` on the logits of the same position.
+from per-layer caches; the loop over all steps is a single
+``keras.ops.while_loop`` (``tf.while_loop`` / ``jax.lax.while_loop``) in one
+compiled function (``compiled.compiled``: a ``tf.function``, XLA by default,
+or ``jax.jit``). With the same seed it draws exactly what ``reference_sample``
+draws under the same backend: step ``t`` uses the stateless seed
+``step_seed(seed, t)`` on the logits of the same position.
 
-TensorFlow-only (``tf.while_loop`` / ``tf.function``), kept out of the layers.
+Written once with ``keras.ops`` for the TensorFlow and JAX backends; only the
+compilation (``compiled.py``) is backend-specific.
 """
 
-import weakref
-
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from t2t_image.sampling.common import (
@@ -22,13 +22,12 @@ from t2t_image.sampling.common import (
     draw_values,
     dummy_features,
     generation_order,
+    loop_seed,
     output_dtype,
     step_coordinates,
     step_seed,
 )
-
-# Compiled functions per model (weakly keyed so that models can be freed).
-_COMPILED = weakref.WeakKeyDictionary()
+from t2t_image.sampling.compiled import compiled
 
 
 def num_steps(model):
@@ -49,15 +48,16 @@ def num_steps(model):
 
 def decode_steps(model, canvas, cache, seed, temperature, num_prefix_rows, start, stop,
                  top_k=0):
-    """Runs generation steps ``[start, stop)`` as one ``tf.while_loop``.
+    """Runs generation steps ``[start, stop)`` as one ``keras.ops.while_loop``.
 
     Step ``t`` decodes the position ``generation_order(model)[t]`` with
-    ``model.call_step``, draws its value with seed ``[seed, t]``
+    ``model.call_step``, draws its value with seed ``step_seed(seed, t)``
     (``draw_values``: ``sample_categorical`` for a "cat" sub-pixel,
     ``sample_discretized_mix_logistic`` for a "dmol" pixel and its three
     channels) and writes it into ``canvas``, except in the top
     ``num_prefix_rows`` rows, whose given values are kept (their steps still
-    run, to fill the caches).
+    run, to fill the caches). Backend-neutral (``keras.ops``); trace it inside
+    a compiled function (``compiled.compiled``).
 
     T2T ``fast_decode`` (its ``tf.while_loop`` over cached decoding steps);
     Parmar et al. 2018, Sec. 5 (sampling) and Table 2 (completions).
@@ -66,7 +66,7 @@ def decode_steps(model, canvas, cache, seed, temperature, num_prefix_rows, start
         model: a built ``ImageTransformer``.
         canvas: int32 tensor `[batch, height, width, channels]`.
         cache: the model's decoding cache (``model.init_cache``).
-        seed: scalar int64 tensor.
+        seed: scalar integer tensor (``loop_seed``).
         temperature: scalar float32 tensor (>= 0; 0 = argmax).
         num_prefix_rows: scalar int32 tensor.
         start: scalar int32 tensor, first step.
@@ -78,33 +78,35 @@ def decode_steps(model, canvas, cache, seed, temperature, num_prefix_rows, start
         ``(canvas, cache)`` after the steps.
     """
     order = generation_order(model)
-    rows, cols, channels = (tf.constant(a.astype(np.int32)) for a in step_coordinates(model, order))
-    order = tf.constant(order.astype(np.int32))
+    rows, cols, channels = (ops.convert_to_tensor(a.astype(np.int32))
+                            for a in step_coordinates(model, order))
+    order = ops.convert_to_tensor(order.astype(np.int32))
     cat = model.likelihood == "cat"
 
     def body(t, canvas, cache):
-        out, cache = model.call_step(canvas, cache, tf.gather(order, t))
+        out, cache = model.call_step(canvas, cache, ops.take(order, t))
         seed_t = step_seed(seed, t)
-        y, x = tf.gather(rows, t), tf.gather(cols, t)
+        y, x = ops.take(rows, t), ops.take(cols, t)
         value = draw_values(model.likelihood, out, seed_t, temperature, top_k)
+        batch = ops.shape(canvas)[0]
         if cat:
             value = value[:, None, None, None]
-            begin, size = (0, y, x, tf.gather(channels, t)), [-1, 1, 1, 1]
+            begin, size = (0, y, x, ops.take(channels, t)), (batch, 1, 1, 1)
         else:
             value = value[:, None, None, :]
-            begin, size = (0, y, x, 0), [-1, 1, 1, -1]
-        kept = tf.slice(canvas, tf.stack(begin), size)
-        value = tf.where(y < num_prefix_rows, kept, tf.cast(value, canvas.dtype))
+            begin, size = (0, y, x, 0), (batch, 1, 1, model.num_channels)
+        kept = ops.slice(canvas, begin, size)
+        value = ops.where(y < num_prefix_rows, kept, ops.cast(value, canvas.dtype))
         return t + 1, ops.slice_update(canvas, begin, value), cache
 
-    _, canvas, cache = tf.while_loop(
+    _, canvas, cache = ops.while_loop(
         lambda t, canvas, cache: t < stop, body, (start, canvas, cache)
     )
     return canvas, cache
 
 
 def sample_graph(model, canvas, conditioning, seed, temperature, num_prefix_rows, top_k=0):
-    """The whole cached sampler as TF ops (to be traced in a ``tf.function``).
+    """The whole cached sampler as ``keras.ops`` (to be traced in a compiled function).
 
     Runs ``model.init_cache`` (the encoder, once) and all generation steps
     (``decode_steps``). No argument checking: see ``sample``. T2T
@@ -115,7 +117,7 @@ def sample_graph(model, canvas, conditioning, seed, temperature, num_prefix_rows
         model: a built ``ImageTransformer``.
         canvas: int32 `[batch, height, width, channels]`, zeros or the prefix image.
         conditioning: dict of tensors (``labels`` `[batch]`, ``inputs``), maybe empty.
-        seed: scalar int64 tensor.
+        seed: scalar integer tensor (``loop_seed``).
         temperature: scalar float32 tensor.
         num_prefix_rows: scalar int32 tensor.
         top_k: static int, 0 (off) or the top-k of "cat" draws.
@@ -123,23 +125,14 @@ def sample_graph(model, canvas, conditioning, seed, temperature, num_prefix_rows
     Returns:
         int32 `[batch, height, width, channels]`, the sampled images.
     """
-    cache = model.init_cache(tf.shape(canvas)[0], conditioning)
+    cache = model.init_cache(ops.shape(canvas)[0], conditioning)
     canvas, _ = decode_steps(model, canvas, cache, seed, temperature, num_prefix_rows,
-                             tf.constant(0), tf.constant(num_steps(model)), top_k)
+                             _int32(0), _int32(num_steps(model)), top_k)
     return canvas
 
 
-def _compiled(model, name, jit_compile, make):
-    """The ``tf.function`` of ``make()`` for ``model``, created once per (name, jit_compile).
-
-    ``name`` must encode every static (Python) setting the function closes over.
-    """
-    functions = _COMPILED.setdefault(model, {})
-    key = (name, bool(jit_compile))
-    if key not in functions:
-        functions[key] = tf.function(make(), jit_compile=bool(jit_compile),
-                                     reduce_retracing=True)
-    return functions[key]
+def _int32(value):
+    return ops.convert_to_tensor(np.int32(value))
 
 
 def ensure_built(model):
@@ -186,7 +179,8 @@ def sample(model, num_samples, temperature=1.0, seed=0, labels=None, inputs=None
         prefix: int array `[num_samples, rows, width, channels]` (or one image
             `[rows, width, channels]`) for completion.
         num_prefix_rows: int, how many top rows of ``prefix`` to keep.
-        jit_compile: bool, compile the loop with XLA (much faster on CPU).
+        jit_compile: bool, compile the loop with XLA (much faster on CPU);
+            under JAX the loop is always XLA-compiled (``jax.jit``).
         progress: optional callable ``progress(steps_done, num_steps)``; when
             given, the loop runs in ``progress_chunks`` compiled chunks and
             reports after each (the samples are the same).
@@ -209,22 +203,23 @@ def sample(model, num_samples, temperature=1.0, seed=0, labels=None, inputs=None
     conditioning = conditioning_features(args)
     ensure_built(model)
     shape = (args["num_samples"], model.image_height, model.image_width, model.num_channels)
-    canvas = tf.constant(np.zeros(shape, np.int32) if args["prefix"] is None else args["prefix"])
-    conditioning = {k: tf.constant(v) for k, v in conditioning.items()}
-    seed = tf.constant(args["seed"], tf.int64)
-    temperature = tf.constant(args["temperature"], tf.float32)
-    prefix_rows = tf.constant(args["num_prefix_rows"], tf.int32)
+    canvas = ops.convert_to_tensor(
+        np.zeros(shape, np.int32) if args["prefix"] is None else args["prefix"])
+    conditioning = {k: ops.convert_to_tensor(v) for k, v in conditioning.items()}
+    seed = loop_seed(args["seed"])
+    temperature = ops.convert_to_tensor(np.float32(args["temperature"]))
+    prefix_rows = _int32(args["num_prefix_rows"])
 
     if progress is None:
-        run = _compiled(model, f"sample/top_k={top_k}", jit_compile, lambda: (
+        run = compiled(model, f"sample/top_k={top_k}", jit_compile, lambda: (
             lambda canvas, conditioning, seed, temperature, prefix_rows: sample_graph(
                 model, canvas, conditioning, seed, temperature, prefix_rows, top_k)))
         images = run(canvas, conditioning, seed, temperature, prefix_rows)
         return np.asarray(images).astype(dtype)
 
-    init = _compiled(model, "init_cache", jit_compile, lambda: (
-        lambda canvas, conditioning: model.init_cache(tf.shape(canvas)[0], conditioning)))
-    steps = _compiled(model, f"decode_steps/top_k={top_k}", jit_compile, lambda: (
+    init = compiled(model, "init_cache", jit_compile, lambda: (
+        lambda canvas, conditioning: model.init_cache(ops.shape(canvas)[0], conditioning)))
+    steps = compiled(model, f"decode_steps/top_k={top_k}", jit_compile, lambda: (
         lambda canvas, cache, seed, temperature, prefix_rows, start, stop: decode_steps(
             model, canvas, cache, seed, temperature, prefix_rows, start, stop, top_k)))
     cache = init(canvas, conditioning)
@@ -232,6 +227,6 @@ def sample(model, num_samples, temperature=1.0, seed=0, labels=None, inputs=None
     bounds = np.linspace(0, total, max(1, min(int(progress_chunks), total)) + 1).astype(int)
     for start, stop in zip(bounds[:-1], bounds[1:]):
         canvas, cache = steps(canvas, cache, seed, temperature, prefix_rows,
-                              tf.constant(int(start)), tf.constant(int(stop)))
+                              _int32(start), _int32(stop))
         progress(int(stop), total)
     return np.asarray(canvas).astype(dtype)

@@ -16,17 +16,16 @@ grid (see ``sliding_window_plan``), so that everything the window's causal
 mask exposes has already been generated.
 
 Each step is a full forward pass of the window (like ``reference_sample``),
-inside one ``tf.while_loop`` in a ``tf.function`` (XLA by default); values
+inside one ``keras.ops.while_loop`` in one compiled function (a
+``tf.function``, XLA by default, or ``jax.jit``: ``compiled.py``); values
 are drawn with the per-step seeds and the draw function of ``sample``
 (``step_seed``, ``draw_values``), so on a canvas of the training size the
-result equals ``sample`` with the same seed. TensorFlow-only, like the other
-samplers.
+result equals ``sample`` with the same seed under the same backend.
 """
 
 import math
 
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from t2t_image.ops.local_attention_2d import block_raster_order
@@ -34,11 +33,12 @@ from t2t_image.sampling.common import (
     check_sampling_args,
     conditioning_features,
     draw_values,
+    loop_seed,
     needs_inputs,
     output_dtype,
     step_seed,
 )
-from t2t_image.sampling.sampler import _compiled
+from t2t_image.sampling.compiled import compiled
 from t2t_image.sampling.sampler import ensure_built
 
 
@@ -163,12 +163,12 @@ def sliding_window_plan(model, height, width):
 
 def sliding_window_steps(model, canvas, conditioning, seed, temperature, plan, start, stop,
                          top_k=0):
-    """Runs sliding-window steps ``plan[start:stop]`` as one ``tf.while_loop``.
+    """Runs sliding-window steps ``plan[start:stop]`` as one ``keras.ops.while_loop``.
 
     Entry ``k`` of ``plan`` (int32 tensors ``[S]``: ``steps``, ``rows``,
     ``cols``, ``channels``, ``tops``, ``lefts``) crops the window
     ``canvas[:, top:top + image_height, left:left + image_width]``
-    (``tf.slice``, a dynamic slice), runs the full model on it, takes the
+    (``ops.slice``, a dynamic slice), runs the full model on it, takes the
     outputs at the position's index inside the window and draws its value
     with seed ``[seed, steps[k]]`` through ``draw_values``.
 
@@ -179,7 +179,7 @@ def sliding_window_steps(model, canvas, conditioning, seed, temperature, plan, s
         model: a built ``ImageTransformer``.
         canvas: int32 `[batch, height, width, channels]`.
         conditioning: dict of tensors (``labels`` `[batch]`), maybe empty.
-        seed: scalar int64 tensor.
+        seed: scalar integer tensor (``loop_seed``).
         temperature: scalar float32 tensor (>= 0; 0 = argmax).
         plan: dict of int32 tensors, see above.
         start: scalar int32 tensor, first plan entry.
@@ -193,24 +193,24 @@ def sliding_window_steps(model, canvas, conditioning, seed, temperature, plan, s
     cat = model.likelihood == "cat"
 
     def body(k, canvas):
-        y, x = tf.gather(plan["rows"], k), tf.gather(plan["cols"], k)
-        top, left = tf.gather(plan["tops"], k), tf.gather(plan["lefts"], k)
-        window = tf.slice(canvas, tf.stack([0, top, left, 0]), [-1, h, w, c])
+        y, x = ops.take(plan["rows"], k), ops.take(plan["cols"], k)
+        top, left = ops.take(plan["tops"], k), ops.take(plan["lefts"], k)
+        window = ops.slice(canvas, (0, top, left, 0), (ops.shape(canvas)[0], h, w, c))
         out = model(dict(conditioning, targets=window), training=False)
         if cat:
-            channel = tf.gather(plan["channels"], k)
+            channel = ops.take(plan["channels"], k)
             outputs = out[:, y - top, x - left, channel]
         else:
             outputs = out[:, y - top, x - left]
-        seed_t = step_seed(seed, tf.gather(plan["steps"], k))
+        seed_t = step_seed(seed, ops.take(plan["steps"], k))
         value = draw_values(model.likelihood, outputs, seed_t, temperature, top_k)
         if cat:
             value, begin = value[:, None, None, None], (0, y, x, channel)
         else:
             value, begin = value[:, None, None, :], (0, y, x, 0)
-        return k + 1, ops.slice_update(canvas, begin, tf.cast(value, canvas.dtype))
+        return k + 1, ops.slice_update(canvas, begin, ops.cast(value, canvas.dtype))
 
-    _, canvas = tf.while_loop(lambda k, canvas: k < stop, body, (start, canvas))
+    _, canvas = ops.while_loop(lambda k, canvas: k < stop, body, (start, canvas))
     return canvas
 
 
@@ -282,15 +282,16 @@ def sample_sliding_window(model, num_samples, height, width, *, seed=0, temperat
     ensure_built(model)
     keep = plan["rows"] >= args["num_prefix_rows"]  # prefix steps are skipped
     steps = np.nonzero(keep)[0]
-    plan = {name: tf.constant(plan[name][keep].astype(np.int32))
+    plan = {name: ops.convert_to_tensor(plan[name][keep].astype(np.int32))
             for name in ("rows", "cols", "channels", "tops", "lefts")}
-    plan["steps"] = tf.constant(steps.astype(np.int32))
+    plan["steps"] = ops.convert_to_tensor(steps.astype(np.int32))
     shape = (args["num_samples"], int(height), int(width), model.num_channels)
-    canvas = tf.constant(np.zeros(shape, np.int32) if args["prefix"] is None else args["prefix"])
-    conditioning = {k: tf.constant(v) for k, v in conditioning_features(args).items()}
-    seed = tf.constant(args["seed"], tf.int64)
-    temperature = tf.constant(args["temperature"], tf.float32)
-    run = _compiled(model, f"sliding_window/top_k={top_k}", jit_compile, lambda: (
+    canvas = ops.convert_to_tensor(
+        np.zeros(shape, np.int32) if args["prefix"] is None else args["prefix"])
+    conditioning = {k: ops.convert_to_tensor(v) for k, v in conditioning_features(args).items()}
+    seed = loop_seed(args["seed"])
+    temperature = ops.convert_to_tensor(np.float32(args["temperature"]))
+    run = compiled(model, f"sliding_window/top_k={top_k}", jit_compile, lambda: (
         lambda canvas, conditioning, seed, temperature, plan, start, stop: sliding_window_steps(
             model, canvas, conditioning, seed, temperature, plan, start, stop, top_k)))
     total = len(steps)
@@ -298,7 +299,8 @@ def sample_sliding_window(model, num_samples, height, width, *, seed=0, temperat
     bounds = np.linspace(0, total, chunks + 1).astype(int)
     for start, stop in zip(bounds[:-1], bounds[1:]):
         canvas = run(canvas, conditioning, seed, temperature, plan,
-                     tf.constant(int(start)), tf.constant(int(stop)))
+                     ops.convert_to_tensor(np.int32(start)),
+                     ops.convert_to_tensor(np.int32(stop)))
         if progress is not None:
             progress(int(stop), total)
     return np.asarray(canvas).astype(output_dtype(model))
