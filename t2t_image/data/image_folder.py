@@ -6,8 +6,10 @@ RGBA / LA / transparent palette images is dropped, 16-bit values are scaled to 8
 bits), optionally cropped, and then area-resized by the pipeline.
 
 A file that cannot be decoded (corrupt, truncated, not an image) or is smaller
-than the crop box is skipped: the first time, a warning naming the file is
-logged; every skipped file is recorded in the source's ``skipped``
+than the crop box (e.g. a 1x1 PNG with ``crop_box="celeba"``) is skipped, and
+so is a name that is not a regular file (a FIFO named ``x.jpg`` is refused when
+the folder is listed, and files are opened without blocking): the first time,
+a warning naming the file is logged; every skipped file is recorded in the source's ``skipped``
 (``SkippedFiles``: ``count``, ``paths``, ``summary()``). Skips are never fatal,
 except when every file of a split is unreadable (then iteration fails with a
 message, instead of looping forever without producing a batch).
@@ -16,6 +18,7 @@ message, instead of looping forever without producing a batch).
 from __future__ import annotations
 
 import os
+import stat
 import threading
 
 import numpy as np
@@ -93,7 +96,20 @@ def decode_image_file(path: str, crop_box=None) -> np.ndarray:
       Exception: whatever Pillow raises for an unreadable file; ValueError when the
         crop box does not fit.
     """
-    with Image.open(path) as img:
+    # O_NONBLOCK: opening a FIFO named like an image must not wait for a writer.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        arr = _decode(f)
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{path} decodes to an empty {arr.shape[0]}x{arr.shape[1]} image")
+    arr = preprocess.crop_numpy(arr, crop_box)
+    return np.ascontiguousarray(arr)
+
+
+def _decode(f) -> np.ndarray:
+    with Image.open(f) as img:
         img.load()
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             arr = np.asarray(img, dtype=np.int64)
@@ -104,19 +120,28 @@ def decode_image_file(path: str, crop_box=None) -> np.ndarray:
             if img.mode == "P" and "transparency" in img.info:
                 img = img.convert("RGBA")
             arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    return np.ascontiguousarray(preprocess.crop_numpy(arr, crop_box))
+    return arr
 
 
-def _list_images(folder: str, recursive: bool, extensions) -> list[str]:
-    out = []
+def _list_images(folder: str, recursive: bool, extensions, skipped: SkippedFiles) -> list[str]:
+    """Image files under ``folder``; names that are not regular files (FIFOs, devices,
+    sockets, dangling links) are recorded in ``skipped`` and never opened."""
+    found = []
     if recursive:
         for root, dirs, files in os.walk(folder):
             dirs.sort()
-            out.extend(os.path.join(root, f) for f in files if f.lower().endswith(extensions))
+            found.extend(os.path.join(root, f) for f in files if f.lower().endswith(extensions))
     else:
-        out = [os.path.join(folder, f) for f in os.listdir(folder)
-               if f.lower().endswith(extensions) and os.path.isfile(os.path.join(folder, f))]
-    return sorted(out)
+        found = [os.path.join(folder, f) for f in os.listdir(folder)
+                 if f.lower().endswith(extensions)
+                 and not os.path.isdir(os.path.join(folder, f))]
+    out = []
+    for path in sorted(found):
+        if os.path.isfile(path):  # follows links: a link to a regular file is fine
+            out.append(path)
+        elif skipped.add(path, "not a regular file (FIFO, device, socket or dangling link)"):
+            logging.warning("image_folder: skipping %s: not a regular file", path)
+    return out
 
 
 def _is_ok(example, ok):
@@ -193,11 +218,12 @@ class ImageFolderSource(Source):
                         raise ValueError(f"image_folder: split {name!r} folders have different class subfolders")
                     classes = subdirs
                     for label, sub in enumerate(subdirs):
-                        found = _list_images(os.path.join(folder, sub), True, self.extensions)
+                        found = _list_images(os.path.join(folder, sub), True, self.extensions,
+                                             self.skipped)
                         files.extend(found)
                         labels.extend([label] * len(found))
                 else:
-                    found = _list_images(folder, self.recursive, self.extensions)
+                    found = _list_images(folder, self.recursive, self.extensions, self.skipped)
                     files.extend(found)
                     labels.extend([-1] * len(found))
             if not files:

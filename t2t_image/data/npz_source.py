@@ -17,6 +17,7 @@ Hold out a validation part with the split syntax of ``splits.py``, e.g.
 from __future__ import annotations
 
 import glob
+import math
 import os
 import zipfile
 
@@ -55,6 +56,43 @@ def _pick(keys, explicit, candidates, what, path, required):
             f"(set the key explicitly)"
         )
     return None
+
+
+# Largest expansion of deflate (the compression numpy.savez_compressed uses): ~1032:1.
+_MAX_DEFLATE_RATIO = 1032
+
+
+def _read_array(npz, key: str, path: str) -> np.ndarray:
+    """``npz[key]`` after checking that the header's shape and dtype fit the member's size.
+
+    A crafted header can claim any shape (numpy would try to allocate it, e.g.
+    3 PiB); the bytes a header promises must equal the member's stored size, and
+    that size must be reachable from its compressed size. Raises ValueError
+    naming the file and the array otherwise.
+    """
+    member = key + ".npy"
+    try:
+        info = npz.zip.getinfo(member)
+        with npz.zip.open(member) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            header_bytes = f.tell()
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise ValueError(f"npz: array {key!r} in {path} has an unreadable header ({e})") from e
+    del fortran
+    if dtype.hasobject:
+        raise ValueError(f"npz: {path} holds object arrays, which are refused (pickles)")
+    claimed = math.prod(shape) * dtype.itemsize
+    stored = info.file_size - header_bytes
+    limit = info.compress_size * (_MAX_DEFLATE_RATIO if info.compress_type else 1) + 4096
+    if claimed != stored or info.file_size > limit:
+        raise ValueError(
+            f"npz: array {key!r} in {path} claims shape {shape} of {dtype} ({claimed} bytes) but "
+            f"the file holds {stored} bytes for it; the file is damaged or crafted")
+    return npz[key]
 
 
 def _check_images(arr: np.ndarray, key: str, path: str) -> np.ndarray:
@@ -132,11 +170,11 @@ class NpzSource(Source):
             keys = set(npz.files)
             try:
                 ikey = _pick(keys, self.image_key, _IMAGE_KEYS, "image", path, required=True)
-                images = _check_images(npz[ikey], ikey, path)
+                images = _check_images(_read_array(npz, ikey, path), ikey, path)
                 out = {"images": images, "labels": None, "inputs": None, "label_names": None}
                 lkey = _pick(keys, self.label_key, _LABEL_KEYS, "label", path, required=False)
                 if lkey is not None:
-                    labels = npz[lkey]
+                    labels = _read_array(npz, lkey, path)
                     if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(images),):
                         raise ValueError(
                             f"npz: array {lkey!r} in {path} has dtype {labels.dtype} and shape "
@@ -150,7 +188,8 @@ class NpzSource(Source):
                         )
                     out["labels"] = labels.astype(np.int32)
                 if self.inputs_key is not None:
-                    inputs = npz[_pick(keys, self.inputs_key, (), "inputs", path, required=True)]
+                    ikey_in = _pick(keys, self.inputs_key, (), "inputs", path, required=True)
+                    inputs = _read_array(npz, ikey_in, path)
                     if (inputs.dtype != np.uint8 or inputs.ndim != 4 or inputs.shape[0] != len(images)
                             or inputs.shape[-1] != 3):
                         raise ValueError(
@@ -159,9 +198,15 @@ class NpzSource(Source):
                         )
                     out["inputs"] = inputs
                 if "label_names" in keys:
-                    names = npz["label_names"]
+                    names = _read_array(npz, "label_names", path)
                     if names.dtype.kind in "US":
                         out["label_names"] = [str(n) for n in names.astype(str)]
+                        labels = out["labels"]
+                        if labels is not None and labels.size and labels.max() >= len(names):
+                            raise ValueError(
+                                f"npz: array {lkey!r} in {path} has label {labels.max()} at index "
+                                f"{int(labels.argmax())}, but 'label_names' names only "
+                                f"{len(names)} classes (labels must be in [0, {len(names)}))")
             except ValueError as e:
                 if "allow_pickle" in str(e):
                     raise ValueError(f"npz: {path} holds object arrays, which are refused (pickles)") from e

@@ -35,7 +35,7 @@ from t2t_image.data.cifar10_archive import Cifar10ArchiveSource
 from t2t_image.data.image_folder import ImageFolderSource, SkippedFiles
 from t2t_image.data.imagenet import IMAGENET_VERSIONS, resolve_imagenet_version
 from t2t_image.data.npz_source import NpzSource
-from t2t_image.data.sources import Source, SplitData
+from t2t_image.data.sources import Source, SplitData, check_num_classes
 from t2t_image.data.tfds_source import TfdsSource
 
 TASKS = ("unconditional", "class_conditional", "super_resolution")
@@ -155,7 +155,7 @@ def resolve_order(training, shuffle, repeat, seed, drop_remainder):
 def make_dataset(source, split="train", batch_size=16, *, task="unconditional", image_size=32,
                  input_size=8, training=False, shuffle=None, shuffle_buffer=10_000, repeat=None,
                  seed=None, drop_remainder=None, imagenet_version=None, source_kwargs=None,
-                 with_info=False):
+                 num_classes=None, with_info=False):
     """Builds the input pipeline of the Image Transformer (see the module docstring).
 
     Corresponds to T2T's ``Problem.input_fn`` with the ``preprocess_example`` of
@@ -184,6 +184,9 @@ def make_dataset(source, split="train", batch_size=16, *, task="unconditional", 
         ImageNet; TFDS ``imagenet_resized`` / ``downsampled_imagenet`` set it
         themselves and a contradicting value is an error. Logged.
       source_kwargs: constructor arguments when ``source`` is a name.
+      num_classes: the model's number of classes (class-conditional task); every
+        label is checked against it here, so a label the model cannot embed fails
+        when the dataset is built, naming the data and the value. None: no check.
       with_info: also return a ``DatasetInfo``.
 
     Returns:
@@ -212,6 +215,8 @@ def make_dataset(source, split="train", batch_size=16, *, task="unconditional", 
     src = get_source(source, **dict(source_kwargs or {}))
     version = resolve_imagenet_version(imagenet_version, src.imagenet_version, src.describe())
     data = src.load(split, shuffle=shuffle, seed=seed, with_labels=task == "class_conditional")
+    if task == "class_conditional":
+        check_num_classes(data, num_classes)
     if data.inputs is not None and task == "super_resolution" and data.inputs.shape[1:3] != (input_size, input_size):
         raise ValueError(
             f"input_size={input_size} does not match the source's precomputed inputs of shape "

@@ -109,7 +109,7 @@ def crop_numpy(image: np.ndarray, crop_box) -> np.ndarray:
     if box is None:
         return image
     top, left, h, w = box
-    if top + h > image.shape[0] or left + w > image.shape[1]:
+    if h <= 0 or w <= 0 or top + h > image.shape[0] or left + w > image.shape[1]:
         raise ValueError(
             f"crop box (top={top}, left={left}, height={h}, width={w}) does not fit an image "
             f"of {image.shape[0]}x{image.shape[1]}"

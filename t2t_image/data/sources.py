@@ -131,3 +131,38 @@ def split_paths(path, splits, setting_prefix: str) -> dict[str, list[str]]:
     if not hasattr(splits, "items") or not splits:
         raise ValueError(f"{setting_prefix}.splits must be a non-empty mapping, got {splits!r}")
     return {str(k): as_path_list(v, f"{setting_prefix}.splits[{k!r}]") for k, v in splits.items()}
+
+
+def check_num_classes(data: SplitData, num_classes) -> None:
+    """Checks that every label of a split is below the model's ``num_classes``, before training.
+
+    An out-of-range label otherwise fails only at its first batch (a raw gather
+    error on CPU) or is silently read as zeros (GPU). In-memory labels are all
+    checked; for streams the source's class count is compared.
+
+    Args:
+      data: the split, as a source's ``load`` returned it with labels.
+      num_classes: the model's number of classes, or None (no check).
+
+    Raises:
+      ValueError: naming the data (file or folder), the label value, where it
+        is and ``num_classes``.
+    """
+    if num_classes is None:
+        return
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+            or num_classes < 1:
+        raise ValueError(f"num_classes must be None or an int >= 1, got {num_classes!r}")
+    if data.labels is not None:
+        labels = np.asarray(data.labels)
+        bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+        if bad.size:
+            raise ValueError(
+                f"{data.description}: label {int(labels[bad[0]])} (example {int(bad[0])}; "
+                f"{bad.size} labels in all) is outside [0, num_classes={num_classes}); set "
+                f"num_classes to the data's {int(labels.max()) + 1} classes or select other data")
+    elif data.num_classes is not None and data.num_classes > num_classes:
+        raise ValueError(
+            f"{data.description}: the data has {data.num_classes} classes (labels up to "
+            f"{data.num_classes - 1}) but num_classes={num_classes}; set num_classes to "
+            f"{data.num_classes} or select other data")

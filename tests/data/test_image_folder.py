@@ -1,7 +1,9 @@
 """image_folder: real CelebA JPEGs, colour conversions, corrupt files counted and skipped."""
 
 import logging
+import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -148,3 +150,63 @@ def test_bad_folders_and_settings(tmp_path, small_celeba):
         ImageFolderSource(small_celeba, crop_box=(0, 0, 0, 10))
     with pytest.raises(ValueError, match="selects no image files"):
         make_dataset(ImageFolderSource(small_celeba), "train[20:]", 2)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="os.mkfifo is not available on this OS")
+def test_fifo_named_like_an_image_is_skipped_at_listing_and_never_opened(small_celeba, caplog):
+    # A FIFO named zz.jpg hung evaluation forever (opening it waits for a writer).
+    fifo = small_celeba / "zz.jpg"
+    os.mkfifo(fifo)
+    nested = small_celeba / "sub"
+    nested.mkdir()
+    os.mkfifo(nested / "a.png")
+    done = threading.Event()
+
+    def unblock():  # Should the code ever block on a FIFO, fail the test instead of hanging.
+        while not done.wait(10):
+            for path in (fifo, nested / "a.png"):
+                try:
+                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                except OSError:
+                    pass  # No reader blocked on it.
+
+    threading.Thread(target=unblock, daemon=True).start()
+    for recursive in (True, False):
+        src = ImageFolderSource(small_celeba, recursive=recursive)
+        with caplog.at_level(logging.WARNING):
+            out = _collect(make_dataset(src, "train", 4, image_size=8))  # One pass, no hang.
+        assert out["targets"].shape == (10, 8, 8, 3)
+        expected = [str(nested / "a.png"), str(fifo)] if recursive else [str(fifo)]
+        assert src.skipped.paths == expected
+        assert "not a regular file" in src.skipped.reasons[str(fifo)]
+        assert f"skipping {fifo}: not a regular file" in caplog.text
+    # Opened directly (e.g. replaced by a FIFO after listing): refused at once, not blocked.
+    from t2t_image.data import decode_image_file
+    with pytest.raises(ValueError, match="is not a regular file"):
+        decode_image_file(str(fifo))
+    done.set()
+
+
+def test_tiny_image_with_celeba_crop_is_a_counted_skip(small_celeba):
+    # A 1x1 PNG: the scaled CelebA box is 0x0; this crashed after training with
+    # "input image must be of non-zero size" although the README promises a counted skip.
+    tiny = small_celeba / "00_tiny.png"
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tiny)
+    src = ImageFolderSource(small_celeba, crop_box="celeba")
+    out = _collect(make_dataset(src, "train", 4, image_size=8))
+    assert out["targets"].shape == (10, 8, 8, 3)
+    assert src.skipped.paths == [str(tiny)]
+    assert "does not fit an image of 1x1" in src.skipped.reasons[str(tiny)]
+
+
+def test_more_class_folders_than_num_classes_fail_when_the_dataset_is_built(small_celeba, tmp_path):
+    root = tmp_path / "classes"
+    for i, f in enumerate(sorted(small_celeba.glob("*.jpg"))[:3]):
+        (root / f"c{i}").mkdir(parents=True)
+        shutil.copy(f, root / f"c{i}" / f.name)
+    src = ImageFolderSource(root, label_mode="subdirs")
+    with pytest.raises(ValueError, match=rf"image_folder\(train=\['{root}'\]\) split 'train': 3 "
+                                         r"files: the data has 3 classes \(labels up to 2\) but "
+                                         r"num_classes=2"):
+        make_dataset(src, "train", 2, task="class_conditional", num_classes=2)
+    make_dataset(src, "train", 2, task="class_conditional", num_classes=3)

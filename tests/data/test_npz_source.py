@@ -154,3 +154,51 @@ def test_bad_npz_files(tmp_path):
         NpzSource()
     with pytest.raises(ValueError, match="imagenet_version"):
         NpzSource(unlabelled, imagenet_version="imagenet")
+
+
+def _npz_with_header(path, shape, data=b"\0" * 64):
+    """An .npz whose array 'x' has a hand-written header claiming ``shape`` (uint8)."""
+    import zipfile
+
+    header = "{'descr': '|u1', 'fortran_order': False, 'shape': %r, }" % (shape,)
+    header = header.ljust(117) + "\n"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("x.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little")
+                    + header.encode() + data)
+    return path
+
+
+def test_npz_with_a_huge_claimed_header_names_the_file(tmp_path):
+    # 3 PiB claimed over 64 bytes: numpy would try to allocate it (raw _ArrayMemoryError).
+    path = _npz_with_header(tmp_path / "huge.npz", (2**40, 32, 32, 3))
+    with pytest.raises(ValueError, match=rf"array 'x' in {path} claims shape \(1099511627776, "
+                                         r"32, 32, 3\) of uint8 \(3377699720527872 bytes\) but "
+                                         r"the file holds 64 bytes"):
+        NpzSource(path).load("train", shuffle=False, seed=None, with_labels=False)
+    # The same writer with an honest header reads back (the check is not a blanket refusal).
+    ok = _npz_with_header(tmp_path / "ok.npz", (1, 4, 4, 3), bytes(range(48)) + b"")
+    data = NpzSource(ok).load("train", shuffle=False, seed=None, with_labels=False)
+    np.testing.assert_array_equal(data.images.ravel(), np.arange(48))
+
+
+def test_labels_outside_num_classes_fail_when_the_dataset_is_built(tmp_path, cifar_npz,
+                                                                   cifar_archive):
+    path = tmp_path / "labels.npz"
+    x = np.zeros((4, 8, 8, 3), np.uint8)
+    np.savez(path, x=x, y=np.array([0, 1, 12, 2]))
+    with pytest.raises(ValueError, match=rf"{path}.*label 12 \(example 2; 1 labels in all\) is "
+                                         r"outside \[0, num_classes=10\)"):
+        make_dataset("npz", "train", 2, task="class_conditional", num_classes=10,
+                     source_kwargs={"path": path})
+    np.savez(path, x=x, y=np.array([0, 1, 3, 2]), label_names=np.array(["a", "b", "c"]))
+    with pytest.raises(ValueError, match=rf"'y' in {path} has label 3 at index 2, but "
+                                         r"'label_names' names only 3 classes"):
+        make_dataset("npz", "train", 2, task="class_conditional", source_kwargs={"path": path})
+    # CIFAR-10 (npz and the official archive) with a model of fewer classes.
+    for source, kwargs in (("npz", {"path": cifar_npz}), ("cifar10_archive", {"path": cifar_archive})):
+        with pytest.raises(ValueError, match=r"is outside \[0, num_classes=5\); set num_classes "
+                                             r"to the data's 10 classes"):
+            make_dataset(source, "train", 4, task="class_conditional", num_classes=5,
+                         source_kwargs=kwargs)
+        make_dataset(source, "train", 4, task="class_conditional", num_classes=10,
+                     source_kwargs=kwargs)  # Exactly enough classes: accepted.
