@@ -2,8 +2,10 @@
 
 T2T's image models set ``initializer="uniform_unit_scaling"`` with
 ``initializer_gain=0.2``, which TF maps to variance scaling with scale 0.2,
-fan_avg, uniform. Embedding-style tables whose T2T code passes an explicit
-``random_normal_initializer(0, depth**-0.5)`` use ``embedding_normal``.
+fan_avg, uniform; every variable created without an initializer of its own
+gets it (kernels, the pixel and class tables). The learned position tables,
+whose T2T code (``add_positional_embedding_nd``) passes an explicit
+``random_normal_initializer(0, depth**-0.5)``, use ``embedding_normal``.
 """
 
 import keras

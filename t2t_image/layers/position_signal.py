@@ -16,9 +16,11 @@ class PositionSignal(keras.layers.Layer):
     ``kind="timing"``: T2T's n-dimensional sinusoid (``add_timing_signal_nd``)
     over the two grid axes. ``kind="emb"``: learned tables, one of
     ``[max_rows, depth]`` for the row and one of ``[max_cols, depth]`` for the
-    column, initialised Normal(0, depth**-0.5) as T2T's
-    ``add_positional_embedding_nd``. Image Transformer, Section 3.1 ("we add
-    a d-dimensional encoding of coordinates").
+    column, initialised Normal(0, depth**-0.5) and added times sqrt(depth),
+    as T2T's ``add_positional_embedding_nd`` does (so the added signal starts
+    at unit variance and Adam moves it sqrt(depth) times faster than the
+    stored table). Image Transformer, Section 3.1 ("we add a d-dimensional
+    encoding of coordinates").
 
     Args:
         kind: "timing" or "emb".
@@ -73,8 +75,10 @@ class PositionSignal(keras.layers.Layer):
         if self.kind == "timing":
             return add_timing_signal_nd(x)
         rows, cols = ops.shape(x)[1], ops.shape(x)[2]
-        row = ops.cast(self.row_embeddings[:rows], x.dtype)
-        col = ops.cast(self.col_embeddings[:cols], x.dtype)
+        # T2T's add_positional_embedding_nd multiplies each table by sqrt(depth).
+        scale = float(ops.shape(self.row_embeddings)[-1]) ** 0.5
+        row = ops.cast(self.row_embeddings[:rows] * scale, x.dtype)
+        col = ops.cast(self.col_embeddings[:cols] * scale, x.dtype)
         return x + row[None, :, None, :] + col[None, None, :, :]
 
     def compute_output_shape(self, input_shape):

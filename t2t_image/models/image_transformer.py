@@ -265,10 +265,12 @@ class ImageTransformer(keras.Model):
         )
         self.position_signal.build(grid)
         if self.num_classes is not None:
+            # T2T's class_label_bottom (common_layers.embedding) gives the table no
+            # initializer of its own: it gets the model default, variance scaling 0.2.
             self.class_embeddings = self.add_weight(
                 name="class_embeddings",
                 shape=(self.num_classes, self.hidden_size),
-                initializer=initializers.embedding_normal(self.hidden_size),
+                initializer=initializers.t2t_variance_scaling(),
             )
         memory_shape = self._memory_shape(input_shape)
         self.decoder_blocks = []

@@ -16,8 +16,9 @@ def test_learned_tables_add_row_and_column_vectors():
     x = np.zeros((1, 4, 6, 8), "float32")
     out = np.asarray(layer(x))
     rows, cols = np.asarray(layer.row_embeddings), np.asarray(layer.col_embeddings)
-    np.testing.assert_allclose(out[0, 2, 5], rows[2] + cols[5], rtol=1e-6)
-    np.testing.assert_allclose(out[0, 0, 0], rows[0] + cols[0], rtol=1e-6)
+    # T2T's add_positional_embedding_nd adds each table times sqrt(depth).
+    np.testing.assert_allclose(out[0, 2, 5], (rows[2] + cols[5]) * 8**0.5, rtol=1e-6)
+    np.testing.assert_allclose(out[0, 0, 0], (rows[0] + cols[0]) * 8**0.5, rtol=1e-6)
     assert PositionSignal.from_config(layer.get_config()).get_config() == layer.get_config()
 
 
