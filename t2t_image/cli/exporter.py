@@ -57,6 +57,9 @@ def main(argv):
     if os.path.isdir(FLAGS.export_dir) and os.listdir(FLAGS.export_dir) and not FLAGS.overwrite:
         raise app.UsageError(f"--export_dir={FLAGS.export_dir} is not empty (pass --overwrite).")
 
+    from t2t_image.cli import errors
+
+    errors.import_tensorflow_quietly()  # TF's start-up log lines stay hidden
     from t2t_image.export import export_saved_model
     from t2t_image.training.model_loading import load_model_and_first_stage
     from t2t_image.two_stage import export_two_stage_saved_model

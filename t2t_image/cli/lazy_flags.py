@@ -6,7 +6,6 @@ define flags of the same names (``--model_dir``, ``--checkpoint``).
 
 import sys
 
-from absl import app
 from absl import flags
 
 FLAGS = flags.FLAGS
@@ -36,6 +35,9 @@ class LazyFlags:
     def run(self, main, doc):
         """Runs ``main`` under absl with ``doc`` as usage and these flags as key flags."""
         sys.modules["__main__"].__doc__ = doc  # absl prints it as the usage text
-        for name in self.names:
+        from t2t_image.cli import errors  # one-line user errors, exit 130/143 on signals
+
+        errors.define_verbose_flag()
+        for name in self.names + ["verbose"]:
             FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
-        app.run(main)
+        errors.run_tool(main, doc.strip().split(":", 1)[0])  # e.g. t2t-image-sampler

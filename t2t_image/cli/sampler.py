@@ -159,6 +159,26 @@ def read_inputs(path):
     return array.astype(np.uint8)
 
 
+def check_writable(flag, path):
+    """Checks that a file can be written at ``path`` (its folder is created if missing).
+
+    Raises:
+        app.UsageError: naming the flag, the path and the reason.
+    """
+    import tempfile
+
+    if os.path.isdir(path):
+        raise app.UsageError(f"--{flag}={path} is a directory; give a file name.")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".t2t_image-probe-"):
+            pass
+    except OSError as e:
+        raise app.UsageError(f"--{flag}={path}: cannot write there ({e.strerror or e}); "
+                             "nothing was sampled.") from e
+
+
 def check_flags(num_samples, temperature, seed, label=None, complete=False, rows=None,
                 batch_size=16, columns=None, top_k=None, height=None, width=None,
                 size_units="pixels"):
@@ -321,8 +341,14 @@ class _Progress:
 
     def __call__(self, done, total):
         if self.enabled:
+            from t2t_image.training.trainer import format_duration
+
+            elapsed = time.time() - self.start
+            work = self.batch * total + done  # positions sampled so far, all batches
+            left = elapsed * (self.num_batches * total - work) / max(work, 1)
             sys.stderr.write(f"\rbatch {self.batch + 1}/{self.num_batches}: step {done}/{total} "
-                             f"({100 * done // total}%), {time.time() - self.start:.1f} s")
+                             f"({100 * done // total}%), {elapsed:.1f} s, ETA "
+                             f"{format_duration(left)}  ")
             sys.stderr.flush()
 
     def end(self):
@@ -438,11 +464,32 @@ def main(argv):
     check_flags(FLAGS.num_samples, FLAGS.temperature, FLAGS.seed, FLAGS.label,
                 FLAGS.complete is not None, FLAGS.rows, FLAGS.batch_size, FLAGS.columns,
                 FLAGS.top_k, FLAGS.height, FLAGS.width, FLAGS.size_units)
+    check_writable("output", FLAGS.output)  # before minutes of sampling, not after
+    if FLAGS.npz:  # written as NAME.npz when the name lacks the suffix (see _write_outputs)
+        check_writable("npz", FLAGS.npz if FLAGS.npz.endswith(".npz") else FLAGS.npz + ".npz")
     inputs = read_inputs(FLAGS.inputs) if FLAGS.inputs else None
     complete = read_png(FLAGS.complete, "complete") if FLAGS.complete else None
 
-    # TensorFlow is imported from here on.
-    from t2t_image.sampling import write_image_grid
+    # TensorFlow is imported from here on (without its start-up log lines).
+    from t2t_image.cli import errors
+
+    errors.import_tensorflow_quietly()
+    from t2t_image.training import preemption
+
+    # SIGINT/SIGTERM end the tool at once with status 130/143 and nothing written;
+    # while the outputs are written they wait, so no file is left half-written.
+    with preemption.StopOnSignal("sampling", "stopping; nothing is written",
+                                 immediate=True) as stop:
+        samples, conditioning, seconds, model = _sample(inputs, complete)
+        with stop.deferred():
+            _write_outputs(model, samples, conditioning, inputs, complete)
+        print(f"Sampled {len(samples)} images in {seconds:.1f} s: "
+              f"{seconds / len(samples):.3f} s/image (including compilation)")
+        stop.raise_if_requested("Stopped after writing the outputs.")
+
+
+def _sample(inputs, complete):
+    """Loads the model from the flags and samples: (samples, conditioning, seconds, model)."""
     from t2t_image.training.model_loading import load_model_and_first_stage
     from t2t_image.two_stage.sampler import grid_size
 
@@ -473,18 +520,34 @@ def main(argv):
             FLAGS.top_k, height, width, first_stage)
     except ValueError as e:  # the sampler's own argument checks (should not fire)
         raise app.UsageError(str(e)) from e
+    return samples, conditioning, seconds, model
+
+
+def _write_outputs(model, samples, conditioning, inputs, complete):
+    """The PNG grid (tiles scaled up to >= 128 px) and the raw samples (--npz), each whole."""
+    from t2t_image.sampling import write_image_grid
+    from t2t_image.sampling.grids import VIEWABLE_TILE
+
     tiles, columns = _grid_tiles(model, samples, inputs, complete)
-    write_image_grid(FLAGS.output, tiles, num_columns=FLAGS.columns or columns)
-    print(f"Wrote a grid of {len(samples)} samples to {FLAGS.output}")
+    write_image_grid(FLAGS.output, tiles, num_columns=FLAGS.columns or columns,
+                     min_tile_size=VIEWABLE_TILE)
+    print(f"Wrote a grid of {len(samples)} samples to {FLAGS.output} (scaled up to >= "
+          f"{VIEWABLE_TILE} px per image; raw images: --npz)")
     if FLAGS.npz:
         folder = os.path.dirname(FLAGS.npz)
         if folder:
             os.makedirs(folder, exist_ok=True)
-        np.savez(FLAGS.npz, samples=samples, seed=FLAGS.seed, temperature=FLAGS.temperature,
-                 **conditioning)
-        print(f"Wrote the samples to {FLAGS.npz}")
-    print(f"Sampled {len(samples)} images in {seconds:.1f} s: {seconds / len(samples):.3f} "
-          "s/image (including compilation)")
+        path = FLAGS.npz if FLAGS.npz.endswith(".npz") else FLAGS.npz + ".npz"
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, samples=samples, seed=FLAGS.seed, temperature=FLAGS.temperature,
+                         **conditioning)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        print(f"Wrote the samples to {path}")
 
 
 def run():

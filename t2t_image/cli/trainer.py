@@ -7,6 +7,7 @@
 
 import json
 import os
+import sys
 
 import gin
 from absl import app
@@ -26,33 +27,70 @@ flags.DEFINE_string("checkpoint", None, "Checkpoint to evaluate (default: the la
 flags.DEFINE_integer("num_last", 5, "How many recent checkpoints --mode=average averages.")
 
 
+def check_flags(model_dir, gin_files, argv=()):
+    """The flag errors found before anything is imported or written (UsageError)."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments (flags need --name=value): {argv[1:]}")
+    if not model_dir:
+        raise app.UsageError("--model_dir is required (the run's directory, e.g. "
+                             "--model_dir=/tmp/run).")
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise app.UsageError(f"--model_dir={model_dir} is a file, not a directory: pass a new "
+                             "or existing run directory.")
+    if not gin_files:
+        raise app.UsageError("--gin_file is required: the run's configuration, e.g. "
+                             "--gin_file=gin/tiny.gin (a trained run's own is in "
+                             "MODEL_DIR/operative_config.gin).")
+
+
 def main(argv):
-    del argv
+    from t2t_image.cli import errors
+
+    check_flags(FLAGS.model_dir, FLAGS.gin_file, argv)
+    errors.import_tensorflow_quietly()
     from t2t_image.cli.gin_utils import parse_gin
+    from t2t_image.training import preemption
+    from t2t_image.training import run_guard
+    from t2t_image.training.trainer import NonFiniteLossError
 
-    if not FLAGS.model_dir:
-        raise app.UsageError("--model_dir is required.")
-    parse_gin(FLAGS.gin_file, FLAGS.gin_param)
-    from t2t_image import configurables
+    with errors.user_errors():  # configuration, paths, data, lock, drift
+        parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+        from t2t_image import configurables
 
-    trainer = configurables.train_job(FLAGS.model_dir)
-    if FLAGS.mode not in ("eval", "eval_sr"):
-        trainer.acquire_lock()  # before anything in model_dir is written
-    trainer.build()  # data, model and optimizer: configuration errors surface here
-    if trainer.is_chief:
-        name = ("operative_config_eval.gin" if FLAGS.mode.startswith("eval")
-                else "operative_config.gin")
-        write_operative_config(FLAGS.model_dir, gin.operative_config_str(), name)
-    if FLAGS.mode == "train":
-        results = trainer.train()
-    elif FLAGS.mode == "eval":
-        results = trainer.evaluate(FLAGS.checkpoint)
-    elif FLAGS.mode == "eval_sr":
-        results = evaluate_super_resolution(trainer, FLAGS.checkpoint)
-    else:
-        results = {"averaged_checkpoint": trainer.average_checkpoints(FLAGS.num_last)}
+        trainer = configurables.train_job(FLAGS.model_dir)
+    try:
+        with errors.user_errors():
+            if FLAGS.mode not in ("eval", "eval_sr"):
+                trainer.acquire_lock()  # before anything in model_dir is written
+            trainer.build()  # data, model and optimizer: configuration errors surface here
+            if trainer.is_chief:
+                name = ("operative_config_eval.gin" if FLAGS.mode.startswith("eval")
+                        else "operative_config.gin")
+                write_operative_config(FLAGS.model_dir, gin.operative_config_str(), name)
+        # Errors from here on are internal (traceback) except these, which name what to do.
+        stops = (NonFiniteLossError, run_guard.ModelDirWriteError,
+                 run_guard.ModelDirLockedError)
+        with errors.user_errors_of(stops):
+            if FLAGS.mode == "train":
+                results = trainer.train()  # stops itself on SIGINT/SIGTERM (preemption)
+            else:
+                with preemption.StopOnSignal(FLAGS.mode, "stopping; nothing is written"):
+                    if FLAGS.mode == "eval":
+                        results = trainer.evaluate(FLAGS.checkpoint)
+                    elif FLAGS.mode == "eval_sr":
+                        results = evaluate_super_resolution(trainer, FLAGS.checkpoint)
+                    else:
+                        results = {"averaged_checkpoint":
+                                   trainer.average_checkpoints(FLAGS.num_last)}
+    finally:
+        trainer.release_lock()  # also removes the lock file
     if results is not None:
         print(json.dumps(results))
+    if FLAGS.mode == "train":
+        step = int(trainer.step.numpy())
+        print(f"Training is finished at step {step} (num_train_steps="
+              f"{trainer.num_train_steps}); checkpoints in {trainer.manager.directory}.",
+              file=sys.stderr)
 
 
 def evaluate_super_resolution(trainer, checkpoint):
@@ -76,12 +114,24 @@ def evaluate_super_resolution(trainer, checkpoint):
 
 
 def write_operative_config(model_dir, config, name):
-    """Writes the operative gin config to model_dir and to TensorBoard as text."""
+    """Writes the operative gin config to model_dir and (TF backend) to TensorBoard as text."""
+    import keras
+
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        with open(os.path.join(model_dir, name), "w") as f:
+            f.write(config)
+    except OSError as e:
+        if not name.startswith("operative_config_eval"):
+            raise
+        # An archived (read-only) run can still be evaluated; only this record is skipped.
+        print(f"Note: cannot write {name} into --model_dir={model_dir} ({e.strerror}); "
+              "evaluating without it.", file=sys.stderr)
+        return
+    if keras.backend.backend() != "tensorflow":  # TensorBoard text summaries need tf.summary
+        return
     import tensorflow as tf
 
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, name), "w") as f:
-        f.write(config)
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
     with writer.as_default(step=0):
         # Markdown code block so TensorBoard keeps the line breaks.
@@ -91,8 +141,10 @@ def write_operative_config(model_dir, config, name):
 
 def run():
     """Console-script entry point."""
+    from t2t_image.cli import errors
+
     logging.set_verbosity(logging.INFO)
-    app.run(main)
+    errors.run_tool(main, "t2t-image-trainer")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,19 @@ import os
 
 import numpy as np
 
+# Tiles of written grids are scaled up (nearest neighbour) to at least this many pixels:
+# an 8x8 or 32x32 sample cannot be judged at its own size.
+VIEWABLE_TILE = 128
 
-def image_grid(images, num_columns=None, padding=2, pad_value=255):
+
+def upscale_factor(height, width, min_tile_size):
+    """The integer nearest-neighbour factor that makes a tile at least ``min_tile_size`` px."""
+    if not min_tile_size:
+        return 1
+    return max(1, math.ceil(min_tile_size / max(1, min(height, width))))
+
+
+def image_grid(images, num_columns=None, padding=2, pad_value=255, min_tile_size=None):
     """Tiles a batch of images into one image, row by row.
 
     Image ``i`` goes to grid row ``i // num_columns``, column
@@ -24,6 +35,10 @@ def image_grid(images, num_columns=None, padding=2, pad_value=255):
         num_columns: int > 0, tiles per row (default: ceil(sqrt(n))).
         padding: int >= 0, pixels between tiles.
         pad_value: int in 0..255, value of the padding pixels.
+        min_tile_size: None, or int: each image is first scaled up by the
+            smallest integer factor ``s`` (nearest neighbour, every pixel an
+            ``s x s`` block) that makes it at least this many pixels high and
+            wide; ``height``/``width`` below are then the scaled sizes.
 
     Returns:
         uint8 array `[rows * (height + padding) + padding,
@@ -41,6 +56,9 @@ def image_grid(images, num_columns=None, padding=2, pad_value=255):
         raise ValueError(
             f"images must have values in 0..255, got [{images.min()}, {images.max()}]."
         )
+    factor = upscale_factor(images.shape[1], images.shape[2], min_tile_size)
+    if factor > 1:
+        images = np.repeat(np.repeat(images, factor, axis=1), factor, axis=2)
     n, height, width, channels = images.shape
     if num_columns is None:
         num_columns = math.ceil(math.sqrt(n))
@@ -62,25 +80,34 @@ def image_grid(images, num_columns=None, padding=2, pad_value=255):
     return grid
 
 
-def write_image_grid(path, images, num_columns=None, padding=2, pad_value=255):
+def write_image_grid(path, images, num_columns=None, padding=2, pad_value=255,
+                     min_tile_size=None):
     """Writes ``image_grid(images, ...)`` as a PNG file and returns the grid.
 
-    The sample figures of Parmar et al. 2018 (Fig. 3-5) as PNG files.
+    The sample figures of Parmar et al. 2018 (Fig. 3-5) as PNG files. The
+    file appears whole or not at all (written beside it, then renamed).
 
     Args:
         path: file to write; parent folders are created.
-        images, num_columns, padding, pad_value: as in ``image_grid``.
+        images, num_columns, padding, pad_value, min_tile_size: as in ``image_grid``.
 
     Returns:
         The uint8 grid that was written.
     """
     from PIL import Image
 
-    grid = image_grid(images, num_columns, padding, pad_value)
-    folder = os.path.dirname(os.fspath(path))
+    grid = image_grid(images, num_columns, padding, pad_value, min_tile_size)
+    path = os.fspath(path)
+    folder = os.path.dirname(path)
     if folder:
         os.makedirs(folder, exist_ok=True)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path, format="PNG")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return grid
 
 
@@ -90,7 +117,7 @@ def _first_batch(dataset, num_samples):
 
 
 def sample_grid_for_summary(model, num_samples, seed=0, eval_dataset=None, temperature=1.0,
-                            decode=None):
+                            decode=None, min_tile_size=VIEWABLE_TILE):
     """A grid of fresh samples for TensorBoard during training.
 
     Class-conditional models sample the labels of the first ``eval_dataset``
@@ -108,6 +135,7 @@ def sample_grid_for_summary(model, num_samples, seed=0, eval_dataset=None, tempe
         temperature: float >= 0.
         decode: optional function from samples to images (a prior over code
             grids: the first stage's decoder).
+        min_tile_size: as in ``image_grid`` (default: viewable tiles of >= 128 px).
 
     Returns:
         uint8 grid `[height, width, channels]` (see ``image_grid``).
@@ -136,4 +164,4 @@ def sample_grid_for_summary(model, num_samples, seed=0, eval_dataset=None, tempe
                     inputs=inputs)
     if decode is not None:
         images = decode(images)
-    return image_grid(images)
+    return image_grid(images, min_tile_size=min_tile_size)

@@ -52,12 +52,18 @@ def test_sampler_writes_grid_and_arrays_equal_to_the_python_sampler(tmp_path, mo
     np.testing.assert_array_equal(data["samples"], expected)
     np.testing.assert_array_equal(data["labels"], [2, 2, 2])
     np.testing.assert_array_equal(data["samples"][:, :1], np.repeat(image[None, :1], 3, 0))
-    # Grid: 4 tiles of 4x4 with 2 pixels of padding; the kept image first, then samples.
+    # Grid: 4 tiles of 4x4 scaled up 32x (nearest neighbour, >= 128 px) with 2 pixels of
+    # padding; the kept image first, then samples.
     grid = np.asarray(Image.open(tmp_path / "out" / "grid.png"))
-    assert grid.shape == (2 + 6, 2 + 4 * 6, 3)
-    np.testing.assert_array_equal(grid[2:6, 2:6], image)
+    assert grid.shape == (2 + 130, 2 + 4 * 130, 3)
+
+    def big(tile):
+        return np.repeat(np.repeat(tile, 32, axis=0), 32, axis=1)
+
+    np.testing.assert_array_equal(grid[2:130, 2:130], big(image))
     for i in range(3):
-        np.testing.assert_array_equal(grid[2:6, 8 + 6 * i:12 + 6 * i], expected[i])
+        left = 2 + 130 * (i + 1)
+        np.testing.assert_array_equal(grid[2:130, left:left + 128], big(expected[i]))
 
 
 def test_sampler_usage_errors_and_exporter(tmp_path, model_dir):

@@ -52,7 +52,25 @@ def test_summary_grid_samples_the_labels_of_the_eval_batch():
     dataset = tf.data.Dataset.from_tensor_slices(features).batch(6)
     grid = sample_grid_for_summary(model, 4, seed=3, eval_dataset=dataset)
     expected = sample(model, 4, seed=3, labels=[2, 1, 0, 2])
-    np.testing.assert_array_equal(grid, image_grid(expected))
+    np.testing.assert_array_equal(grid, image_grid(expected, min_tile_size=128))
     # Without a dataset the classes cycle 0, 1, 2, ...
     grid = sample_grid_for_summary(model, 2, seed=3)
-    np.testing.assert_array_equal(grid, image_grid(sample(model, 2, seed=3, labels=[0, 1])))
+    np.testing.assert_array_equal(
+        grid, image_grid(sample(model, 2, seed=3, labels=[0, 1]), min_tile_size=128))
+
+
+def test_viewable_grid_scales_tiles_up_nearest_neighbour(tmp_path):
+    """8x8 tiles become 128x128 (factor 16), each pixel a 16x16 block, 2 px borders."""
+    from PIL import Image
+
+    images = np.random.RandomState(0).randint(0, 256, (3, 8, 8, 3)).astype(np.uint8)
+    grid = write_image_grid(tmp_path / "g.png", images, num_columns=3, min_tile_size=128)
+    assert grid.shape == (2 + 128 + 2, 3 * (128 + 2) + 2, 3)
+    with Image.open(tmp_path / "g.png") as png:
+        assert png.size == (3 * 130 + 2, 132)
+    tile = grid[2:130, 2 + 130:2 + 130 + 128]
+    np.testing.assert_array_equal(tile, np.repeat(np.repeat(images[1], 16, 0), 16, 1))
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # written then renamed
+    # 20x12 images: the smaller side decides (ceil(128 / 12) = 11).
+    assert image_grid(np.zeros((1, 20, 12, 1), np.uint8), min_tile_size=128,
+                      padding=0).shape == (220, 132, 1)
