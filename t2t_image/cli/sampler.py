@@ -341,7 +341,7 @@ class _Progress:
 
     def __call__(self, done, total):
         if self.enabled:
-            from t2t_image.training.trainer import format_duration
+            from t2t_image.training.progress import format_duration
 
             elapsed = time.time() - self.start
             work = self.batch * total + done  # positions sampled so far, all batches

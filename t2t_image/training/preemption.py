@@ -218,9 +218,9 @@ class TrainingGuard:
 
 def _multi_worker_handler(strategy, manager, guard):
     """TF's PreemptionCheckpointHandler for a multi-worker strategy with a cluster, else None."""
-    if strategy is None or manager is None:
+    tf = sys.modules.get("tensorflow")  # never imported here: the JAX loop may run without it
+    if strategy is None or manager is None or tf is None:
         return None
-    import tensorflow as tf
 
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return None
