@@ -5,22 +5,42 @@ Entry point: ``make_dataset`` (``pipeline.py``). Sources, selectable by name:
 ``npz`` (``NpzSource``), ``image_folder`` (``ImageFolderSource``).
 """
 
-from t2t_image.data.cifar10_archive import (
-    CIFAR10_LABEL_NAMES,
-    Cifar10ArchiveSource,
-    load_cifar_pickle,
-    parse_cifar_batch,
-    read_cifar10_files,
-    safe_extract_tar,
-)
-from t2t_image.data.image_folder import ImageFolderSource, SkippedFiles, decode_image_file
-from t2t_image.data.imagenet import IMAGENET_VERSIONS
-from t2t_image.data.npz_source import NpzSource
-from t2t_image.data.pipeline import SOURCES, TASKS, DatasetInfo, get_source, make_dataset
-from t2t_image.data.preprocess import CELEBA_CROP_BOX, area_resize
-from t2t_image.data.sources import Source, SplitData
-from t2t_image.data.splits import parse_split
-from t2t_image.data.tfds_source import TfdsSource
+import importlib
+
+# Imported on first use, so that the NumPy pipeline (numpy_pipeline.py) and the
+# npz / CIFAR archive sources load without TensorFlow (the JAX backend).
+_WHERE = {
+    "CIFAR10_LABEL_NAMES": "cifar10_archive",
+    "Cifar10ArchiveSource": "cifar10_archive",
+    "load_cifar_pickle": "cifar10_archive",
+    "parse_cifar_batch": "cifar10_archive",
+    "read_cifar10_files": "cifar10_archive",
+    "safe_extract_tar": "cifar10_archive",
+    "ImageFolderSource": "image_folder",
+    "SkippedFiles": "image_folder",
+    "decode_image_file": "image_folder",
+    "IMAGENET_VERSIONS": "imagenet",
+    "NpzSource": "npz_source",
+    "SOURCES": "pipeline",
+    "TASKS": "options",
+    "DatasetInfo": "options",
+    "get_source": "pipeline",
+    "make_dataset": "pipeline",
+    "make_numpy_dataset": "numpy_pipeline",
+    "CELEBA_CROP_BOX": "preprocess",
+    "area_resize": "preprocess",
+    "Source": "sources",
+    "SplitData": "sources",
+    "parse_split": "splits",
+    "TfdsSource": "tfds_source",
+}
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+
 
 __all__ = [
     "CELEBA_CROP_BOX",
@@ -41,6 +61,7 @@ __all__ = [
     "get_source",
     "load_cifar_pickle",
     "make_dataset",
+    "make_numpy_dataset",
     "parse_cifar_batch",
     "parse_split",
     "read_cifar10_files",

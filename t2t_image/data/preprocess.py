@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
 
 # T2T's CelebA crop (image_celeba / img2img_celeba): rows 40..177 and columns 20..157
 # of the 218x178 aligned image, i.e. tf.image.crop_to_bounding_box(img, 40, 20, 138, 138).
@@ -117,7 +116,7 @@ def crop_numpy(image: np.ndarray, crop_box) -> np.ndarray:
     return image[top:top + h, left:left + w]
 
 
-def crop_tf(image: tf.Tensor, crop_box) -> tf.Tensor:
+def crop_tf(image, crop_box):
     """Crops ``[..., h, w, 3]`` images in TensorFlow (sizes may be dynamic).
 
     Equivalent to T2T's ``tf.image.crop_to_bounding_box`` for CelebA.
@@ -129,6 +128,8 @@ def crop_tf(image: tf.Tensor, crop_box) -> tf.Tensor:
     Returns:
       The cropped tensor.
     """
+    import tensorflow as tf  # here, so the NumPy pipeline runs without TensorFlow
+
     if crop_box is None:
         return image
     if crop_box == "celeba":
@@ -143,7 +144,7 @@ def crop_tf(image: tf.Tensor, crop_box) -> tf.Tensor:
     return tf.image.crop_to_bounding_box(image, top, left, h, w)
 
 
-def area_resize(images, size) -> tf.Tensor:
+def area_resize(images, size):
     """Area-resizes images and truncates to uint8, exactly as T2T's ``resize_by_area``.
 
     See the module docstring for the exact arithmetic.
@@ -156,6 +157,8 @@ def area_resize(images, size) -> tf.Tensor:
       uint8 images of the requested size; the input itself (as uint8) when its
       static size already matches.
     """
+    import tensorflow as tf  # here, so the NumPy pipeline runs without TensorFlow
+
     out_h, out_w = (size, size) if isinstance(size, int) else tuple(size)
     images = tf.convert_to_tensor(images)
     in_h, in_w = images.shape[-3], images.shape[-2]

@@ -11,10 +11,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:  # only stream sources hand over a tf.data.Dataset; array sources need no TF
+    import tensorflow as tf
 
 
 @dataclasses.dataclass

@@ -3,7 +3,7 @@
 import json
 import os
 
-import tensorflow as tf
+from t2t_image.training.files import tf  # imported on first use: never under JAX
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 

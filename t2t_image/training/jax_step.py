@@ -1,0 +1,299 @@
+"""The JAX backend's part of the trainer: jitted stateless steps, data parallelism, npz checkpoints.
+
+``Trainer`` runs one loop for both backends (schedule, logging, checkpoint
+cadence, evaluation, the NaN stop, summaries, preemption); under
+``KERAS_BACKEND=jax`` it takes the few backend-specific objects from here,
+which have the small interface of their TF counterparts that the loop uses:
+
+* ``JaxStrategy``: ``num_replicas_in_sync``, ``scope()``, and
+  ``experimental_distribute_dataset`` (NumPy batches placed on the devices,
+  split along the batch by ``keras.distribution.DataParallel``);
+* ``StepCounter``: the global step (``numpy()``);
+* ``NpzCheckpoint``: ``restore(path)`` and ``data_iterator``, with
+  ``npz_checkpoints.NpzCheckpointManager`` for saving;
+* ``make_train_step``: one ``jax.jit``-compiled function of the model's and
+  optimizer's variable values (``model.stateless_call``, ``jax.value_and_grad``,
+  ``optimizer.stateless_apply``: Adam, the noam schedule and global-norm
+  clipping of the same Keras optimizer the TF step uses), whose results are
+  assigned back to the Keras variables after each step;
+* ``make_eval_step``: the per-image NLL sum and count of a (masked) batch.
+
+No TensorFlow is imported here.
+"""
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+from absl import logging
+
+from t2t_image.training import npz_checkpoints
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+class JaxStrategy:
+    """Data parallelism over local (or, with ``multi_worker``, all) devices.
+
+    Args:
+        name: "default" (one device), "mirrored" / "tpu" (every local device,
+            ``keras.distribution.DataParallel``), "multi_worker" (every device
+            of every host after ``keras.distribution.initialize()``, i.e.
+            ``jax.distributed.initialize`` from the environment; untested).
+    """
+
+    def __init__(self, name="default"):
+        if name not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}.")
+        if name == "multi_worker":
+            keras.distribution.initialize()
+        self.name = name
+        self.distribution = None
+        if name != "default":
+            self.distribution = keras.distribution.DataParallel(
+                devices=keras.distribution.list_devices())
+        self.num_replicas_in_sync = 1 if self.distribution is None else len(jax.devices())
+
+    @contextlib.contextmanager
+    def scope(self):
+        if self.distribution is None:
+            yield
+            return
+        previous = keras.distribution.distribution()
+        keras.distribution.set_distribution(self.distribution)
+        try:
+            yield
+        finally:
+            keras.distribution.set_distribution(previous)
+
+    def shard(self, batch):
+        """Places a global NumPy batch on the devices, split along the batch axis."""
+        if self.distribution is None:
+            return {k: jnp.asarray(v) for k, v in batch.items()}
+        out = {}
+        for key, value in batch.items():
+            layout = self.distribution.get_data_layout(value.shape)
+            sharding = layout.backend_layout
+            if jax.process_count() > 1:  # each host feeds its share of the global batch
+                per = value.shape[0] // jax.process_count()
+                local = value[jax.process_index() * per:(jax.process_index() + 1) * per]
+                out[key] = jax.make_array_from_process_local_data(sharding, local)
+            else:
+                out[key] = jax.device_put(value, sharding)
+        return out
+
+    def experimental_distribute_dataset(self, dataset):
+        return DistributedData(dataset, self)
+
+
+def numpy_batches(dataset):
+    """An iterator of NumPy feature dicts from a NumpyDataset or a tf.data.Dataset."""
+    if hasattr(dataset, "as_numpy_iterator"):  # tf.data (stream sources, TF installed)
+        return dataset.as_numpy_iterator()
+    return iter(dataset)
+
+
+class DistributedData:
+    """Iterable of device batches; its iterators save their position when the data can."""
+
+    def __init__(self, dataset, strategy):
+        self.dataset, self.strategy = dataset, strategy
+
+    def __iter__(self):
+        return DeviceIterator(numpy_batches(self.dataset), self.strategy)
+
+
+class DeviceIterator:
+    def __init__(self, batches, strategy):
+        self.batches, self.strategy = batches, strategy
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.strategy.shard(next(self.batches))
+
+    def get_state(self):
+        return self.batches.get_state() if hasattr(self.batches, "get_state") else None
+
+    def set_state(self, state):
+        if state is None:
+            return
+        if not hasattr(self.batches, "set_state"):
+            logging.warning("The checkpoint holds a data position but this dataset cannot "
+                            "restore one; the data order restarts.")
+            return
+        self.batches.set_state(state)
+
+
+class StepCounter:
+    """The global step of a JAX run (the TF trainer's ``tf.Variable`` step)."""
+
+    def __init__(self):
+        self.value = 0
+
+    def numpy(self):
+        return np.int64(self.value)
+
+
+class _Restored:
+    def assert_existing_objects_matched(self):
+        return self
+
+    def expect_partial(self):
+        return self
+
+
+class NpzCheckpoint:
+    """What a JAX checkpoint holds (model, optimizer, step, data position), read and written.
+
+    Args:
+        model: the Keras model.
+        optimizer: its optimizer, or None (then only the model is restored).
+        step: the ``StepCounter``.
+    """
+
+    def __init__(self, model, optimizer, step):
+        self.model, self.optimizer, self.step = model, optimizer, step
+        self.data_iterator = None
+
+    def contents(self):
+        data_state = None
+        if self.data_iterator is not None:
+            data_state = self.data_iterator.get_state()
+        return ([np.asarray(w) for w in self.model.weights],
+                [np.asarray(v) for v in self.optimizer.variables], data_state)
+
+    def restore(self, path):
+        model, optimizer, step, data_state = npz_checkpoints.read_checkpoint(path)
+        npz_checkpoints.set_weights_checked(self.model.weights, model, "model weight", path)
+        if self.optimizer is not None:
+            npz_checkpoints.set_weights_checked(self.optimizer.variables, optimizer,
+                                                "optimizer variable", path)
+        self.step.value = step
+        if self.data_iterator is not None:
+            self.data_iterator.set_state(data_state)
+        return _Restored()
+
+
+def _values(variables):
+    return [v.value for v in variables]
+
+
+def _assign(variables, values):
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+
+
+def make_gradient_fn(model, global_batch_size, num_dims):
+    """``f(trainable, non_trainable, features) -> (loss, gradients, non_trainable)``.
+
+    The loss of the TF step: the per-image NLL per dimension (nats) summed
+    over the batch and divided by the GLOBAL batch size.
+    """
+
+    def loss_fn(trainable, non_trainable, features):
+        logits, non_trainable = model.stateless_call(trainable, non_trainable, features,
+                                                     training=True)
+        # Per-image NLL in nats, float32 (the likelihood ops compute in float32).
+        nll = -model.log_prob_from_logits(logits, features["targets"])
+        return jnp.sum(nll.astype("float32") / num_dims) / global_batch_size, non_trainable
+
+    def gradients(trainable, non_trainable, features):
+        (loss, non_trainable), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            trainable, non_trainable, features)
+        return loss, grads, non_trainable
+
+    return gradients
+
+
+def make_train_step(model, optimizer, step, global_batch_size, num_dims):
+    """The jitted train step: ``train_step(iterator) -> {"loss", "gradient_norm"}``.
+
+    The loss is the mean over the global batch of the per-image NLL per
+    dimension (nats), as the TF step's ``compute_average_loss``; the gradient
+    norm is the global norm before clipping.
+    """
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        raise ValueError("Trainer.precision='mixed_float16' (loss scaling) is not supported "
+                         "under the JAX backend; use 'mixed_bfloat16' or 'float32'.")
+    trainable_vars = model.trainable_variables
+    non_trainable_vars = model.non_trainable_variables
+    optimizer_vars = optimizer.variables
+    gradients = make_gradient_fn(model, global_batch_size, num_dims)
+
+    def step_fn(trainable, non_trainable, optimizer_values, features):
+        loss, grads, non_trainable = gradients(trainable, non_trainable, features)
+        # Dense gradients already (JAX has no IndexedSlices): Adam sees summed rows, as T2T's.
+        norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype("float32"))) for g in grads))
+        trainable, optimizer_values = optimizer.stateless_apply(optimizer_values, grads,
+                                                                trainable)
+        return trainable, non_trainable, optimizer_values, {"loss": loss,
+                                                            "gradient_norm": norm}
+
+    jitted = jax.jit(step_fn, donate_argnums=(0, 1, 2))
+
+    def train_step(iterator):
+        features = next(iterator)
+        trainable, non_trainable, optimizer_values, metrics = jitted(
+            _values(trainable_vars), _values(non_trainable_vars), _values(optimizer_vars),
+            features)
+        _assign(trainable_vars, trainable)
+        _assign(non_trainable_vars, non_trainable)
+        _assign(optimizer_vars, optimizer_values)
+        step.value += 1
+        return metrics
+
+    return train_step
+
+
+def make_eval_step(model):
+    """``eval_step(features) -> (sum of per-image NLL, number of images)``, jitted."""
+
+    def eval_fn(trainable, non_trainable, features):
+        logits, _ = model.stateless_call(trainable, non_trainable, features, training=False)
+        nll = -model.log_prob_from_logits(logits, features["targets"])
+        return jnp.sum(nll.astype("float32")), jnp.asarray(nll.shape[0], "float32")
+
+    jitted = jax.jit(eval_fn)
+
+    def eval_step(features):
+        return jitted(_values(model.trainable_variables), _values(model.non_trainable_variables),
+                      features)
+
+    return eval_step
+
+
+def check_dataset(dataset, role):
+    """The ``{feature: (shape, dtype)}`` of a NumpyDataset or tf.data.Dataset for JAX."""
+    spec = getattr(dataset, "element_spec", None)
+    if isinstance(spec, dict) and all(isinstance(v, tuple) for v in spec.values()):
+        return spec
+    if spec is not None and hasattr(dataset, "as_numpy_iterator"):  # tf.data
+        return {k: (tuple(v.shape), np.dtype(v.dtype.as_numpy_dtype)) for k, v in spec.items()}
+    raise ValueError(f"the {role} dataset function returned {type(dataset).__name__}; the JAX "
+                     "trainer reads t2t_image.data.make_numpy_dataset's NumpyDataset (or a "
+                     "tf.data.Dataset where TensorFlow is installed).")
+
+
+def is_chief():
+    return jax.process_index() == 0
+
+
+class SummaryWriter:
+    """TensorBoard scalars without TensorFlow (the ``tensorboard`` package's writer)."""
+
+    def __init__(self, logdir):
+        import tensorboard.summary
+
+        self._writer = tensorboard.summary.Writer(tensorboard.summary.DirectoryOutput(logdir))
+
+    def scalars(self, step, values):
+        for name, value in values.items():
+            self._writer.add_scalar(name, float(value), step=int(step))
+        self._writer.flush()
+
+    def flush(self):
+        self._writer.flush()
