@@ -31,6 +31,11 @@ setuptools.setup(
         "cpu": ["tensorflow-cpu==2.21.*"],
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
         "test": ["pytest", "pytest-xdist"],
+        # KERAS_BACKEND=jax: training, evaluation and sampling under JAX (CPU wheel; on a
+        # GPU install jax[cuda12] instead). Works without TensorFlow for npz/random data.
+        "jax": ["jax[cpu]>=0.10"],
+        # experiments/reproduce.py: plots of the reduced-scale reproduction study.
+        "study": ["matplotlib"],
     },
     entry_points={
         "console_scripts": [
