@@ -69,7 +69,10 @@ def main(argv):
                 write_operative_config(FLAGS.model_dir, gin.operative_config_str(), name)
         # Errors from here on are internal (traceback) except these, which name what to do.
         stops = (NonFiniteLossError, run_guard.ModelDirWriteError,
-                 run_guard.ModelDirLockedError)
+                 run_guard.ModelDirLockedError,
+                 # issue 16: checkpoints missing, unreadable, not fitting; NaN weights
+                 run_guard.CheckpointNotFoundError, run_guard.CheckpointMismatchError,
+                 run_guard.NonFiniteWeightsError)
         with errors.user_errors_of(stops):
             if FLAGS.mode == "train":
                 results = trainer.train()  # stops itself on SIGINT/SIGTERM (preemption)
@@ -99,7 +102,7 @@ def evaluate_super_resolution(trainer, checkpoint):
 
     if trainer.eval_dataset is None:
         raise app.UsageError("--mode=eval_sr needs t2t_image.Trainer.eval_dataset_fn.")
-    trainer.restore(checkpoint)
+    trainer.restore(checkpoint, required=True)  # never scores freshly initialised weights
     results = evaluation.evaluate_super_resolution(
         trainer.model, trainer.eval_dataset,
         sample_fn=evaluation.make_sample_fn(trainer.model, "fast"),

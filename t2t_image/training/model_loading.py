@@ -17,6 +17,8 @@ import json
 import os
 
 from t2t_image.sampling.sampler import ensure_built
+from t2t_image.training.checkpoint_files import CheckpointNotFoundError
+from t2t_image.training.checkpoint_files import describe_found
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "model_config.json"
@@ -41,15 +43,34 @@ def _from_config(model_dir):
     return model
 
 
-def _latest_checkpoint(path):
-    import tensorflow as tf
+def _checkpoint_folder(path):
+    """The folder of ``path`` that holds TF checkpoint files (checkpoints/ first), or None."""
+    from t2t_image.training import checkpoint_files
 
     for folder in (os.path.join(path, CHECKPOINT_DIR), path):
-        if os.path.isdir(folder):
-            latest = tf.train.latest_checkpoint(folder)
-            if latest:
-                return latest
+        if checkpoint_files.index_files(folder) or os.path.exists(
+                os.path.join(folder, checkpoint_files.STATE_FILE)):
+            return folder
     return None
+
+
+def _restore(model, folder=None, exact=None):
+    """Reads the newest readable checkpoint of ``folder`` (or ``exact``) into ``model``."""
+    import tensorflow as tf
+
+    from t2t_image.training import checkpoint_files
+
+    def read(prefix):
+        try:
+            tf.train.Checkpoint(model=model).read(prefix).expect_partial() \
+                .assert_existing_objects_matched()
+        except (AssertionError, ValueError) as e:
+            raise ValueError(f"checkpoint {exact or folder} does not match the model of "
+                             f"{CONFIG_FILE}: {e}") from e
+
+    prefix, _ = checkpoint_files.restore_newest(
+        read, folder or os.path.dirname(exact), name=None, variables=model.weights, exact=exact)
+    return prefix
 
 
 def load_model(model_dir, checkpoint=None):
@@ -73,7 +94,6 @@ def load_model(model_dir, checkpoint=None):
         ValueError: when the checkpoint does not match the architecture.
     """
     import keras
-    import tensorflow as tf
 
     import t2t_image.models  # noqa: F401  (registers the classes for deserialization)
 
@@ -87,52 +107,191 @@ def load_model(model_dir, checkpoint=None):
         model = keras.saving.load_model(checkpoint)
         ensure_built(model)
         return model, checkpoint
+    npz = _npz_candidates(model_dir, checkpoint)
+    if npz:  # written by the JAX backend's trainer; loads under either backend
+        return _load_npz(model_dir, npz)
+    # Checkpoints are found by listing (any folder name), and an unreadable or
+    # non-finite newest one falls back to the next (t2t_image.training.checkpoint_files).
+    folder = exact = None
     if checkpoint is None:
-        prefix = _latest_checkpoint(model_dir)
-        if prefix is None:
-            raise FileNotFoundError(
+        folder = _checkpoint_folder(model_dir)
+        if folder is None:
+            raise CheckpointNotFoundError(
                 f"--model_dir={model_dir} has no {MODEL_FILE} and no TF checkpoint (looked in "
-                f"{os.path.join(model_dir, CHECKPOINT_DIR)} and {model_dir})."
+                f"{os.path.join(model_dir, CHECKPOINT_DIR)} and {model_dir}); nothing to load: "
+                "train it first or check the path."
             )
     elif os.path.isdir(checkpoint):
-        prefix = _latest_checkpoint(checkpoint)
-        if prefix is None:
-            raise FileNotFoundError(f"--checkpoint={checkpoint}: no TF checkpoint in it.")
+        folder = _checkpoint_folder(checkpoint)
+        if folder is None:
+            raise CheckpointNotFoundError(f"--checkpoint={checkpoint}: no TF checkpoint in it.")
     else:
-        prefix = checkpoint
-        if not tf.io.gfile.exists(prefix + ".index"):
-            raise FileNotFoundError(
+        exact = checkpoint
+        if not os.path.exists(exact + ".index"):
+            raise CheckpointNotFoundError(
                 f"--checkpoint={checkpoint}: neither a .keras file nor a TF checkpoint prefix "
-                f"({prefix}.index does not exist)."
+                f"({exact}.index does not exist)."
             )
-    model = _from_config(model_dir if model_dir is not None else os.path.dirname(prefix))
-    try:
-        status = tf.train.Checkpoint(model=model).read(prefix)
-        status.expect_partial().assert_existing_objects_matched()
-    except (AssertionError, ValueError) as e:
-        raise ValueError(
-            f"checkpoint {prefix} does not match the model of {CONFIG_FILE}: {e}"
-        ) from e
+    model = _from_config(model_dir if model_dir is not None else os.path.dirname(exact))
+    prefix = _restore(model, folder, exact)
+    if prefix is None:
+        raise CheckpointNotFoundError(
+            f"{folder}: no complete TF checkpoint to load ({describe_found(folder)}).")
     return model, prefix
 
 
-def first_stage_dir_of(model_dir):
-    """The first stage's model directory recorded in a prior's model_dir, or None.
+def _npz_candidates(model_dir, checkpoint):
+    """The ``.npz`` checkpoints (JAX trainer) to try, newest first; [] when TF's are meant."""
+    from t2t_image.training import npz_checkpoints
 
-    The trainer writes ``first_stage.json`` into the model_dir of a prior over
-    code grids (a dataset from ``t2t_image.two_stage.make_code_dataset``).
+    if checkpoint is not None and checkpoint.endswith(npz_checkpoints.SUFFIX):
+        if not npz_checkpoints.is_checkpoint(checkpoint):
+            raise CheckpointNotFoundError(f"--checkpoint={checkpoint}: no such checkpoint file.")
+        return [checkpoint]
+    root = checkpoint if checkpoint is not None else model_dir
+    if root is None or not os.path.isdir(root) or _checkpoint_folder(root) is not None:
+        return []
+    for folder in (os.path.join(root, CHECKPOINT_DIR), root):
+        found = npz_checkpoints.list_checkpoints(folder)
+        if found:
+            return found[::-1]
+    return []
+
+
+def _load_npz(model_dir, paths):
+    """The model of ``model_dir`` with the weights of the newest readable of ``paths``."""
+    from absl import logging
+
+    from t2t_image.training import npz_checkpoints
+
+    model_dir = model_dir if model_dir is not None else os.path.dirname(os.path.dirname(paths[0]))
+    model = _from_config(model_dir)
+    errors = []
+    for path in paths:
+        try:
+            weights = npz_checkpoints.read_checkpoint(path)[0]
+        except ValueError as e:  # truncated or corrupted: the next newest
+            logging.warning("Skipping %s", e)
+            errors.append(str(e))
+            continue
+        npz_checkpoints.set_weights_checked(model.weights, weights, "model weight", path)
+        return model, path
+    raise CheckpointNotFoundError("no readable checkpoint: " + "; ".join(errors))
+
+
+FIRST_STAGE_FILE = "first_stage.json"
+
+
+def first_stage_record_of(model_dir):
+    """What a prior's model_dir records about its first stage (``first_stage.json``), or None.
+
+    The trainer writes it into the model_dir of a prior over code grids (a
+    dataset from ``t2t_image.two_stage.make_code_dataset``): the first stage's
+    ``first_stage_dir`` and, since issue 16, the exact ``checkpoint`` the
+    codes came from, its ``step`` and content ``fingerprint``.
     """
-    from t2t_image.training.trainer import FIRST_STAGE_FILE
-
+    if model_dir is None:
+        return None
     path = os.path.join(model_dir, FIRST_STAGE_FILE)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        return json.load(f)["first_stage_dir"]
+        record = json.load(f)
+    if not isinstance(record, dict) or "first_stage_dir" not in record:
+        raise ValueError(f"{path} is not a first-stage record (no 'first_stage_dir').")
+    return record
+
+
+def first_stage_dir_of(model_dir):
+    """The first stage's model directory recorded in a prior's model_dir, or None."""
+    record = first_stage_record_of(model_dir)
+    return record["first_stage_dir"] if record else None
+
+
+def first_stage_record(first_stage_dir, checkpoint):
+    """The record of the first stage whose codes a prior trains on (see ``first_stage_record_of``)."""
+    from t2t_image.training import checkpoint_files
+
+    return {"first_stage_dir": os.path.abspath(first_stage_dir),
+            "checkpoint": os.path.abspath(checkpoint),
+            "step": checkpoint_files.checkpoint_number(checkpoint)
+            if not checkpoint.endswith(".keras") else None,
+            "fingerprint": checkpoint_files.fingerprint(checkpoint)}
+
+
+def _describe(record):
+    return f"{record['checkpoint']} (step {record.get('step')}, {record.get('fingerprint')})"
+
+
+def check_same_first_stage(recorded, current, model_dir):
+    """Raises CheckpointMismatchError unless ``current`` is the recorded first-stage checkpoint."""
+    from t2t_image.training.checkpoint_files import CheckpointMismatchError
+
+    if recorded and recorded.get("fingerprint") and \
+            recorded["fingerprint"] != current["fingerprint"]:
+        raise CheckpointMismatchError(
+            f"the prior in {model_dir} was trained on the codes of the first stage "
+            f"{_describe(recorded)}, but its dataset now tokenizes with {_describe(current)}; "
+            "resuming would train on other codes. Pin t2t_image.make_code_dataset.checkpoint "
+            f"= '{recorded['checkpoint']}' or use a new --model_dir.")
+
+
+def first_stage_checkpoint(record, first_stage_dir, model_dir=None):
+    """The exact first-stage checkpoint a prior was trained with, found and verified.
+
+    Looks for the recorded checkpoint at its recorded path, then under the same
+    name in ``first_stage_dir`` (a moved or copied first stage) and accepts it
+    only if its content fingerprint is the recorded one.
+
+    Returns:
+        The checkpoint path, or None for a record without a fingerprint
+        (written before issue 16: the latest checkpoint is used, with a warning).
+
+    Raises:
+        CheckpointMismatchError: naming the recorded checkpoint and what
+            ``first_stage_dir`` holds instead.
+    """
+    from absl import logging
+
+    from t2t_image.training import checkpoint_files
+
+    if not record or not record.get("fingerprint"):
+        if record:
+            logging.warning("%s/%s does not record which first-stage checkpoint the prior was "
+                            "trained with; decoding with the latest one in %s.", model_dir,
+                            FIRST_STAGE_FILE, first_stage_dir)
+        return None
+    recorded = record["checkpoint"]
+    name = os.path.basename(recorded)
+    places = [recorded] + [os.path.join(first_stage_dir, sub, name)
+                           for sub in (CHECKPOINT_DIR, "")]
+    seen = []
+    for path in dict.fromkeys(places):
+        probe = path if path.endswith(".keras") else path + ".index"
+        if not os.path.exists(probe):
+            continue
+        found = checkpoint_files.fingerprint(path)
+        if found == record["fingerprint"]:
+            return path
+        seen.append(f"{path} has other weights ({found})")
+    folder = _checkpoint_folder(first_stage_dir)
+    latest = checkpoint_files.candidates(folder)[0][:1] if folder else []
+    now = (f"; the latest there is {latest[0]} (step {checkpoint_files.checkpoint_number(latest[0])}"
+           f", {checkpoint_files.fingerprint(latest[0])})" if latest else "")
+    raise checkpoint_files.CheckpointMismatchError(
+        f"the prior in {model_dir} was trained on the codes of the first stage "
+        f"{_describe(record)}, which {first_stage_dir} no longer holds"
+        + (f" ({'; '.join(seen)})" if seen else "") + now
+        + ". Decoding with another first stage gives wrong images: restore that checkpoint "
+        "(or pass --first_stage_dir of a copy of it), or retrain the prior.")
 
 
 def load_model_and_first_stage(model_dir, checkpoint=None, first_stage_dir=None):
     """Loads a model and, for the prior of a two-stage model, its first stage.
+
+    The first stage is loaded from exactly the checkpoint recorded in
+    ``model_dir/first_stage.json`` (verified by its content fingerprint;
+    ``first_stage_checkpoint``), not from the first stage's latest.
 
     Args:
         model_dir, checkpoint: as ``load_model``.
@@ -144,10 +303,16 @@ def load_model_and_first_stage(model_dir, checkpoint=None, first_stage_dir=None)
         None for a one-stage model.
 
     Raises:
-        FileNotFoundError, ValueError: as ``load_model``, for either stage.
+        FileNotFoundError, ValueError: as ``load_model``, for either stage;
+        ``CheckpointMismatchError`` (a ValueError) when the recorded
+        first-stage checkpoint is gone or changed.
     """
     model, source = load_model(model_dir, checkpoint)
-    if first_stage_dir is None and model_dir is not None:
-        first_stage_dir = first_stage_dir_of(model_dir)
-    first_stage = load_model(first_stage_dir)[0] if first_stage_dir else None
-    return model, source, first_stage, first_stage_dir or None
+    record = first_stage_record_of(model_dir)
+    if first_stage_dir is None and record:
+        first_stage_dir = record["first_stage_dir"]
+    if not first_stage_dir:
+        return model, source, None, None
+    exact = first_stage_checkpoint(record, first_stage_dir, model_dir)
+    first_stage = load_model(first_stage_dir, exact)[0]
+    return model, source, first_stage, first_stage_dir

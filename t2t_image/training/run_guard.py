@@ -1,16 +1,21 @@
 """Guards of a model_dir: one live trainer at a time, no silent architecture drift,
 checkpoint state that survives a kill at any point, and clear errors when the disk fails."""
 
+import collections
 import contextlib
 import fcntl
 import json
 import os
 import re
 import socket
+import time
 
 import keras
-import tensorflow as tf
 from absl import logging
+
+from t2t_image.training import checkpoint_files
+from t2t_image.training import files
+from t2t_image.training.files import tf  # imported on first use: the JAX path never needs it
 
 LOCK_NAME = ".trainer.lock"
 MODEL_CONFIG_NAME = "model_config.json"
@@ -30,7 +35,9 @@ class ModelDirLock:
     the holder exits in any way (SIGKILL included), so a lock left by a killed
     run never blocks a restart; a live holder makes ``acquire`` fail at once
     with its pid and host in the message. Local file systems only (flock is
-    advisory and unreliable on some network file systems).
+    advisory and unreliable on some network file systems). ``release`` deletes
+    the file while still holding the lock, so a clean exit leaves none; a
+    trainer that locked a file just deleted retries on the new one.
     """
 
     def __init__(self, model_dir):
@@ -39,17 +46,24 @@ class ModelDirLock:
 
     def acquire(self):
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+        while True:
+            handle = open(self.path, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                handle.close()
+                raise ModelDirLockedError(
+                    f"another trainer is running on {os.path.dirname(self.path)} ({holder}); "
+                    "stop it or use another --model_dir."
+                ) from None
+            try:  # the holder we waited for may have deleted the file (release)
+                if os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             handle.close()
-            raise ModelDirLockedError(
-                f"another trainer is running on {os.path.dirname(self.path)} ({holder}); "
-                "stop it or use another --model_dir."
-            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -59,6 +73,8 @@ class ModelDirLock:
 
     def release(self):
         if self._file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)  # before unlocking: nobody can lock this file after
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
@@ -77,9 +93,10 @@ def check_model_config(model_dir, model):
     path of the saved config, or None when model_dir has none yet.
     """
     path = os.path.join(model_dir, MODEL_CONFIG_NAME)
-    if not tf.io.gfile.exists(path):
+    gfile = files.gfile()
+    if not gfile.exists(path):
         return None
-    with tf.io.gfile.GFile(path) as f:
+    with gfile.GFile(path) as f:
         saved = json.load(f)
     current = keras.saving.serialize_keras_object(model)
     problems = []
@@ -108,17 +125,18 @@ def write_model_config(model_dir, model):
     so a trainer killed (or out of disk) while writing leaves the previous
     config, never a truncated one that would block every later restart.
     """
-    tf.io.gfile.makedirs(model_dir)
+    gfile = files.gfile()
+    gfile.makedirs(model_dir)
     path = os.path.join(model_dir, MODEL_CONFIG_NAME)
     text = json.dumps(keras.saving.serialize_keras_object(model), indent=2)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with tf.io.gfile.GFile(tmp, "w") as f:
+        with gfile.GFile(tmp, "w") as f:
             f.write(text)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
+        gfile.rename(tmp, path, overwrite=True)
     except BaseException:
         with contextlib.suppress(Exception):
-            tf.io.gfile.remove(tmp)
+            gfile.remove(tmp)
         raise
 
 
@@ -131,31 +149,17 @@ def _normalise(value):
 _DATA_SHARD = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
 
 
-def checkpoint_is_complete(prefix):
-    """Whether the V2 checkpoint ``prefix`` has a readable index and all its data shards.
-
-    Cheap (reads the index, not the data): enough to tell a checkpoint that a
-    killed save or sweep left half-written or half-deleted from a complete one.
-    (No T2T counterpart: tf.estimator managed T2T's checkpoints.)
-
-    Args:
-        prefix: str, a checkpoint prefix such as ``model_dir/checkpoints/ckpt-12``.
-
-    Returns:
-        bool.
-    """
-    try:
-        tf.train.load_checkpoint(prefix)
-    except (tf.errors.OpError, ValueError):
-        return False
-    shards = {}
-    for name in tf.io.gfile.glob(prefix + ".data-?????-of-?????"):
-        index, count = map(int, _DATA_SHARD.search(name).groups())
-        shards.setdefault(count, set()).add(index)
-    return any(indices == set(range(count)) for count, indices in shards.items())
+# Found by listing, never by globbing a name; unreadable ones are skipped (checkpoint_files).
+checkpoint_is_complete = checkpoint_files.checkpoint_is_complete
+CheckpointNotFoundError = checkpoint_files.CheckpointNotFoundError
+CheckpointMismatchError = checkpoint_files.CheckpointMismatchError
 
 
-class CheckpointManager(tf.train.CheckpointManager):
+# The TF backend's manager; other backends write npz_checkpoints.py's files.
+_TF_MANAGER = tf.train.CheckpointManager if files.uses_tensorflow() else object
+
+
+class CheckpointManager(_TF_MANAGER):
     """``tf.train.CheckpointManager`` whose state file never names a broken checkpoint.
 
     TF's manager writes the ``checkpoint`` state file listing ``max_to_keep + 1``
@@ -176,9 +180,20 @@ class CheckpointManager(tf.train.CheckpointManager):
         *args, **kwargs: those of ``tf.train.CheckpointManager``.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, checkpoint, directory, *args, **kwargs):
+        _, _, problem = checkpoint_files.read_state(directory)
+        try:
+            super().__init__(checkpoint, directory, *args, **kwargs)
+        except ValueError:  # TF refuses an empty state file ("Invalid checkpoint state")
+            if problem is None:
+                raise
+            self._maybe_delete = collections.OrderedDict()
+            self._latest_checkpoint = None
+            self._last_preserved_timestamp = time.time() - 1.0
         if not self._has_internals():
+            return
+        if problem is not None:  # no usable state file: the complete checkpoints on disk count
+            self._recover_from_files(problem)
             return
         broken = [p for p in self._maybe_delete if not checkpoint_is_complete(p)]
         for prefix in broken:
@@ -192,6 +207,27 @@ class CheckpointManager(tf.train.CheckpointManager):
                 "The checkpoint state in %s named incomplete checkpoints (%s), left by a killed "
                 "or failed save; ignoring them. Latest complete checkpoint: %s.",
                 self.directory, ", ".join(sorted(set(broken))), self._latest_checkpoint)
+
+    def _recover_from_files(self, problem):
+        name = os.path.basename(self._checkpoint_prefix)
+        complete = checkpoint_files.complete_checkpoints(self.directory, name)
+        if not complete:
+            return
+        now = time.time()
+        self._maybe_delete = collections.OrderedDict((p, now) for p in complete)
+        self._latest_checkpoint = complete[-1]
+        logging.warning(
+            "%s; recovered the checkpoint list from the files instead: %s (latest %s). The state "
+            "file is rewritten at the next save.", problem[0].upper() + problem[1:],
+            ", ".join(os.path.basename(p) for p in complete), self._latest_checkpoint)
+
+    def use(self, prefix, unreadable=()):
+        """Makes ``prefix`` (just restored) the latest; forgets the ``unreadable`` checkpoints."""
+        if not self._has_internals():
+            return
+        for bad in unreadable:
+            self._maybe_delete.pop(bad, None)
+        self._latest_checkpoint = prefix
 
     def _has_internals(self):
         return all(hasattr(self, name) for name in (
@@ -208,11 +244,10 @@ class CheckpointManager(tf.train.CheckpointManager):
         if not doomed:
             return None
         self._record_state()  # the state stops naming them before their files go
-        for prefix in doomed:
-            for pattern in (prefix + ".index", prefix + ".data-?????-of-?????"):
-                for name in tf.io.gfile.glob(pattern):
-                    with contextlib.suppress(tf.errors.NotFoundError):
-                        tf.io.gfile.remove(name)
+        for prefix in doomed:  # listed, not globbed: the folder's name may hold "[" or "*"
+            for name in [prefix + ".index"] + checkpoint_files.data_files(prefix):
+                with contextlib.suppress(tf.errors.NotFoundError):
+                    tf.io.gfile.remove(name)
         return None
 
 
@@ -232,6 +267,10 @@ def remove_partial_checkpoints(checkpoint_dir):
     Returns:
         The list of removed paths (each also logged as a warning).
     """
+    if not files.uses_tensorflow():
+        from t2t_image.training import npz_checkpoints
+
+        return npz_checkpoints.remove_partial_checkpoints(checkpoint_dir)
     if not tf.io.gfile.isdir(checkpoint_dir):
         return []
     names = [n.rstrip("/") for n in tf.io.gfile.listdir(checkpoint_dir)]
@@ -258,7 +297,8 @@ class ModelDirWriteError(RuntimeError):
 
 
 def latest_complete_checkpoint(checkpoint_dir):
-    """The checkpoint a restart would resume from, as the state file on disk says.
+    """The checkpoint a restart would resume from: the state file's latest when complete,
+    else the newest complete one found by listing.
 
     Args:
         checkpoint_dir: str, the run's checkpoint directory.
@@ -266,10 +306,15 @@ def latest_complete_checkpoint(checkpoint_dir):
     Returns:
         The checkpoint prefix, or None when there is none or the state cannot be read.
     """
+    if not files.uses_tensorflow():
+        from t2t_image.training import npz_checkpoints
+
+        return npz_checkpoints.latest_checkpoint(checkpoint_dir)
     try:
-        return tf.train.latest_checkpoint(checkpoint_dir)
+        order, _ = checkpoint_files.candidates(checkpoint_dir)
     except (OSError, tf.errors.OpError):
         return None
+    return order[0] if order else None
 
 
 @contextlib.contextmanager
@@ -289,10 +334,115 @@ def write_errors_named(what, step, directory, checkpoint_dir):
     """
     try:
         yield
-    except (OSError, tf.errors.OpError) as e:
+    except files.io_errors() as e:
         raise ModelDirWriteError(
             f"cannot write the {what} of step {step} to {directory}: {e}. Earlier checkpoints "
             f"are intact; the latest complete one is "
             f"{latest_complete_checkpoint(checkpoint_dir)}, which a restart resumes from once "
             f"the disk takes writes again."
         ) from e
+
+
+# ------------------------------------------------------------ restoring a run
+class NonFiniteWeightsError(RuntimeError):
+    """Raised instead of saving a checkpoint whose weights hold NaN or infinity."""
+
+
+def check_finite_weights(variables, step, checkpoint_dir):
+    """Refuses to save non-finite weights: a checkpoint is "good" only if they are finite.
+
+    The loss a step reports is computed BEFORE its update, so a finite loss
+    does not mean finite weights after it (e.g. ``learning_rate=1e40``).
+
+    Raises:
+        NonFiniteWeightsError: naming the step and the last finite checkpoint.
+    """
+    bad = checkpoint_files.non_finite_tensors(variables)
+    if bad:
+        raise NonFiniteWeightsError(
+            f"{bad} weight tensors are NaN or infinite after step {step}; stopping without "
+            f"saving them. The last checkpoint with finite weights is "
+            f"{latest_complete_checkpoint(checkpoint_dir)}: lower the learning rate or set "
+            "clip_gradient_norm, then resume from it.")
+
+
+def restore_run(checkpoint, manager, variables, path=None, partial=False):
+    """Restores a trainer's ``tf.train.Checkpoint``: ``path``, else the newest readable one.
+
+    The newest readable checkpoint is the manager's latest unless it cannot be
+    read whole or holds non-finite ``variables``; then the next newest complete
+    one on disk (found by listing), with a warning naming the file that failed
+    (``checkpoint_files.restore_newest``). The manager then treats the one
+    restored as its latest.
+
+    Args:
+        checkpoint: the ``tf.train.Checkpoint`` to restore into.
+        manager: the run's ``CheckpointManager``.
+        variables: the variables that must come out finite.
+        path: optional checkpoint prefix to restore exactly.
+        partial: allow values in the checkpoint that ``checkpoint`` lacks
+            (e.g. a data iterator position that is not restored).
+
+    Returns:
+        The restored prefix, or None when the directory holds no checkpoint.
+
+    Raises:
+        CheckpointNotFoundError: checkpoint files exist but none is restorable.
+        CheckpointMismatchError: a checkpoint's shapes or dtypes do not fit.
+    """
+    def restore(prefix):
+        status = checkpoint.restore(prefix)
+        (status.expect_partial() if partial else status).assert_existing_objects_matched()
+
+    name = os.path.basename(getattr(manager, "_checkpoint_prefix", "ckpt"))
+    prefix, skipped = checkpoint_files.restore_newest(
+        restore, manager.directory, name=name, variables=variables,
+        first=None if path else manager.latest_checkpoint, exact=path)
+    if prefix is not None and path is None and hasattr(manager, "use"):
+        manager.use(prefix, skipped)
+    return prefix
+
+
+RUN_SETTINGS_NAME = "run_settings.json"
+
+
+def run_settings_changes(model_dir, settings):
+    """The settings that differ from those of the run that wrote model_dir's checkpoints.
+
+    Args:
+        model_dir: str.
+        settings: dict of JSON values (batch size, precision, dataset, ...).
+
+    Returns:
+        dict name -> (old value, new value); empty when nothing changed or
+        model_dir has no ``run_settings.json`` yet.
+    """
+    path = os.path.join(model_dir, RUN_SETTINGS_NAME)
+    gfile = files.gfile()
+    if not gfile.exists(path):
+        return {}
+    try:
+        with gfile.GFile(path) as f:
+            old = json.load(f)
+    except (ValueError,) + files.io_errors() as e:
+        logging.warning("Cannot read %s (%s); not comparing the run's settings.", path, e)
+        return {}
+    return {k: (old.get(k), v) for k, v in settings.items()
+            if k in old and _normalise(old.get(k)) != _normalise(v)}
+
+
+def write_run_settings(model_dir, settings):
+    """Records the settings of the run whose checkpoints model_dir holds (atomic)."""
+    gfile = files.gfile()
+    gfile.makedirs(model_dir)
+    path = os.path.join(model_dir, RUN_SETTINGS_NAME)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with gfile.GFile(tmp, "w") as f:
+            f.write(json.dumps(settings, indent=2))
+        gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            gfile.remove(tmp)
+        raise
+

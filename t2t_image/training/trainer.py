@@ -14,11 +14,14 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
+from t2t_image.training import files
+from t2t_image.training import preemption
+from t2t_image.training.progress import format_duration
 from t2t_image.training import run_guard
 from t2t_image.training import strategy as strategy_lib
+from t2t_image.training.files import tf  # imported on first use: never under JAX
 from t2t_image.training.schedules import NoamSchedule
 
 PRECISIONS = (None, "float32", "mixed_bfloat16", "mixed_float16")
@@ -135,17 +138,32 @@ class Trainer:
         self.jit_compile = jit_compile
         self.precision = precision
         self.seed = seed
-        self.strategy = strategy_lib.make_strategy(strategy)
-        self.is_chief = strategy_lib.is_chief(self.strategy)
+        # Under KERAS_BACKEND=jax the loop below is the same; jax_step.py provides the
+        # strategy, step, checkpoint and the jitted stateless steps.
+        self._jax = None
+        if not files.uses_tensorflow():
+            from t2t_image.training import jax_step
+
+            self._jax = jax_step
+            self.strategy = jax_step.JaxStrategy(strategy)
+            self.is_chief = jax_step.is_chief()
+        else:
+            self.strategy = strategy_lib.make_strategy(strategy)
+            self.is_chief = strategy_lib.is_chief(self.strategy)
         self._built = False
         self._restored = False  # weights come from a checkpoint or from training
+        self._settings_written = False  # run_guard.RUN_SETTINGS_NAME of this run
         self._lock = None
+        self._saved = (None, None)  # (step, path) of the last checkpoint this trainer wrote
+        self._guard = None  # preemption.TrainingGuard while train() runs
 
     # ------------------------------------------------------------------ setup
     def _dataset(self, fn, role):
         result = fn(with_info=True)
         dataset, info = result if isinstance(result, tuple) else (result, None)
-        if not isinstance(dataset, tf.data.Dataset):
+        if self._jax is not None:
+            self._jax.check_dataset(dataset, role)
+        elif not isinstance(dataset, tf.data.Dataset):
             raise ValueError(f"the {role} dataset function returned {type(dataset).__name__}, "
                              "not a tf.data.Dataset.")
         return dataset, info
@@ -157,7 +175,9 @@ class Trainer:
         keras.utils.set_random_seed(self.seed)
         self.train_dataset, self.train_info = self._dataset(self.train_dataset_fn, "training")
         spec = self.train_dataset.element_spec
-        self.global_batch_size = spec["targets"].shape[0]
+        if self._jax is not None:  # {feature: (shape, dtype)}
+            spec = self._jax.check_dataset(self.train_dataset, "training")
+        self.global_batch_size = self._shape(spec["targets"])[0]
         if self.global_batch_size is None:
             raise ValueError("the training dataset must have a static batch size "
                              "(drop_remainder=True); got an unknown batch dimension.")
@@ -172,23 +192,40 @@ class Trainer:
         policy = self.precision or "float32"
         with self.strategy.scope():
             self.model = self.model_fn(dtype=policy)
-            dummy = {k: tf.zeros([1] + v.shape[1:].as_list(), v.dtype) for k, v in spec.items()}
+            if self._jax is not None:
+                dummy = {k: np.zeros((1,) + tuple(v[0][1:]), v[1]) for k, v in spec.items()}
+            else:
+                dummy = {k: tf.zeros([1] + v.shape[1:].as_list(), v.dtype)
+                         for k, v in spec.items()}
             self.model(dummy)  # builds the variables; raises on a data/model mismatch
             self._build_optimizers()
-            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        self.num_dims = int(np.prod(spec["targets"].shape[1:]))
-        self.checkpoint = tf.train.Checkpoint(step=self.step, **self._checkpoint_objects())
+            if self._jax is None:
+                self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.num_dims = int(np.prod(self._shape(spec["targets"])[1:]))
         ckpt_dir = os.path.join(self.model_dir, "checkpoints")
         if not self.is_chief:  # other workers write to a throw-away directory
             ckpt_dir = os.path.join(self.model_dir, "tmp_workers", str(id(self)))
-        # run_guard's manager: its state file never names a half-deleted checkpoint.
-        self.manager = run_guard.CheckpointManager(
-            self.checkpoint, ckpt_dir, max_to_keep=self.keep_checkpoints,
-            checkpoint_name="ckpt",
-        )
+        if self._jax is not None:  # one kill-safe .npz file per checkpoint, no TF needed
+            from t2t_image.training import npz_checkpoints
+
+            self.step = self._jax.StepCounter()
+            self.checkpoint = self._jax.NpzCheckpoint(self.model, self.optimizer, self.step)
+            self.manager = npz_checkpoints.NpzCheckpointManager(
+                ckpt_dir, self.keep_checkpoints, self.checkpoint.contents)
+        else:
+            self.checkpoint = tf.train.Checkpoint(step=self.step, **self._checkpoint_objects())
+            # run_guard's manager: its state file never names a half-deleted checkpoint.
+            self.manager = run_guard.CheckpointManager(
+                self.checkpoint, ckpt_dir, max_to_keep=self.keep_checkpoints,
+                checkpoint_name="ckpt",
+            )
         # Resuming with another architecture fails here, before any step runs.
         run_guard.check_model_config(self.model_dir, self.model)
         self._built = True
+
+    def _shape(self, spec):
+        """The shape of a feature's spec (a TensorSpec, or (shape, dtype) under JAX)."""
+        return tuple(spec[0]) if self._jax is not None else tuple(spec.shape.as_list())
 
     def _build_optimizers(self):
         """Creates ``self.optimizer`` (and, in subclasses, more); inside the strategy scope."""
@@ -210,15 +247,75 @@ class Trainer:
         """What a checkpoint holds besides the step (subclasses add their objects)."""
         return {"model": self.model, "optimizer": self.optimizer}
 
-    def restore(self, checkpoint_path=None):
-        """Restores the given checkpoint, or the latest in model_dir; returns its path."""
+    def restore(self, checkpoint_path=None, required=False, data_iterator=True):
+        """Restores the given checkpoint, or the newest readable one in model_dir; returns its path.
+
+        ``required``: raise ``run_guard.CheckpointNotFoundError`` when there is
+        none (evaluation never scores freshly initialised weights).
+        ``data_iterator=False`` restores everything but the data position.
+        Unreadable or non-finite checkpoints are skipped (``run_guard.restore_run``).
+        """
         self.build()
-        path = checkpoint_path or self.manager.latest_checkpoint
         self._restored = True
+        if self._jax is not None:
+            path = checkpoint_path or self.manager.latest_checkpoint
+            if path:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+        else:
+            checkpoint = self.checkpoint if data_iterator else tf.train.Checkpoint(
+                step=self.step, **self._checkpoint_objects())
+            path = run_guard.restore_run(checkpoint, self.manager, self.model.weights,
+                                         checkpoint_path, partial=not data_iterator)
+        if path is None and required:
+            raise run_guard.CheckpointNotFoundError(
+                f"no checkpoint to evaluate in {self.manager.directory} "
+                f"({run_guard.checkpoint_files.describe_found(self.manager.directory)}): train "
+                "first, or pass --checkpoint.")
         if path:
-            self.checkpoint.restore(path).assert_existing_objects_matched()
             logging.info("Restored %s at step %d.", path, int(self.step.numpy()))
+            self._saved = (int(self.step.numpy()), path)  # a stop right away saves nothing new
         return path
+
+    def _record_first_stage(self, first_stage_dir):
+        """Writes first_stage.json: the exact first-stage checkpoint of the prior's codes.
+
+        A resumed prior whose dataset now tokenizes with another first-stage
+        checkpoint is refused (``model_loading.check_same_first_stage``).
+        """
+        from t2t_image.training import model_loading
+
+        record = getattr(self.train_info, "first_stage", None) or {
+            "first_stage_dir": first_stage_dir}
+        if int(self.step.numpy()) > 0:
+            model_loading.check_same_first_stage(
+                model_loading.first_stage_record_of(self.model_dir), record, self.model_dir)
+        path = os.path.join(self.model_dir, FIRST_STAGE_FILE)
+        with files.gfile().GFile(path + ".tmp", "w") as f:
+            json.dump(record, f, indent=2)
+        files.gfile().rename(path + ".tmp", path, overwrite=True)
+
+    def _run_settings(self):
+        """What a resume compares with the run that wrote the checkpoints."""
+        info = self.train_info
+        dataset = f"{info.source} [{info.split}]" if info is not None else None
+        return {"batch_size": self.global_batch_size, "precision": self.precision or "float32",
+                "dataset": dataset}
+
+    def _resume_keeps_data_position(self):
+        """Compares this run's settings with the checkpoints'; False: start a new data order."""
+        changes = run_guard.run_settings_changes(self.model_dir, self._run_settings())
+        if "precision" in changes and "mixed_float16" in changes["precision"]:
+            old, new = changes["precision"]
+            raise run_guard.CheckpointMismatchError(
+                f"precision={new!r} cannot resume the checkpoints of {self.model_dir}, trained "
+                f"with precision={old!r} (the loss-scale optimizer state differs); use "
+                f"precision={old!r} or a new --model_dir.")
+        for name, (old, new) in changes.items():
+            logging.warning("Resuming %s with %s=%r; its checkpoints were trained with %r.%s",
+                            self.model_dir, name, new, old,
+                            " The training data order restarts from the beginning."
+                            if name in ("batch_size", "dataset") else "")
+        return not ({"batch_size", "dataset"} & set(changes))
 
     # ------------------------------------------------------------------- steps
     def _per_example_nll(self, features, training):
@@ -227,6 +324,9 @@ class Trainer:
         return -self.model.log_prob_from_logits(logits, features["targets"])
 
     def _make_train_step(self):
+        if self._jax is not None:
+            return self._jax.make_train_step(self.model, self.optimizer, self.step,
+                                             self.global_batch_size, self.num_dims)
         model, optimizer, strategy = self.model, self.optimizer, self.strategy
         global_batch, num_dims = self.global_batch_size, self.num_dims
         loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
@@ -269,6 +369,8 @@ class Trainer:
         return train_step
 
     def _make_eval_step(self):
+        if self._jax is not None:
+            return self._jax.make_eval_step(self.model)
         def replica_step(features):
             nll = self._per_example_nll(features, training=False)
             return tf.reduce_sum(nll), tf.cast(tf.shape(nll)[0], tf.float32)
@@ -286,19 +388,41 @@ class Trainer:
         """The (train, eval) summary writers, created once per trainer."""
         if getattr(self, "_writers", None) is None:
             root = self.model_dir if self.is_chief else os.path.join(self.model_dir, "tmp_workers")
-            self._writers = (tf.summary.create_file_writer(os.path.join(root, "train")),
-                             tf.summary.create_file_writer(os.path.join(root, "eval")))
+            create = (self._jax.SummaryWriter if self._jax is not None
+                      else tf.summary.create_file_writer)
+            self._writers = (create(os.path.join(root, "train")),
+                             create(os.path.join(root, "eval")))
         return self._writers
+
+    def _write_scalars(self, writer, step, scalars):
+        """Writes TensorBoard scalars of one step and flushes."""
+        if self._jax is not None:
+            writer.scalars(step, scalars)
+            return
+        with writer.as_default(step=step):  # flushes on exit
+            for name, value in scalars.items():
+                tf.summary.scalar(name, value)
 
     def _write_errors_named(self, what, step, directory):
         """Context: an I/O error in it becomes a ModelDirWriteError naming what, step, directory."""
         return run_guard.write_errors_named(what, step, directory, self.manager.directory)
 
     def _save(self, step):
+        if self._saved[0] == step:  # e.g. a stop request right after a regular save
+            return self._saved[1]
+        run_guard.check_finite_weights(self.model.weights, step, self.manager.directory)
+        if self.is_chief and not self._settings_written:  # what a resume compares against
+            run_guard.write_run_settings(self.model_dir, self._run_settings())
+            self._settings_written = True
         with self._write_errors_named("checkpoint", step, self.manager.directory):
             path = self.manager.save(checkpoint_number=step)
         logging.info("Saved checkpoint %s", path)
+        self._saved = (step, path)
         return path
+
+    def _flush_summaries(self):
+        for writer in getattr(self, "_writers", None) or ():
+            writer.flush()
 
     def train(self):
         """Trains to ``num_train_steps``, resuming from the latest checkpoint.
@@ -309,7 +433,25 @@ class Trainer:
         self.acquire_lock()
         try:
             self.build()
-            return self._train()
+            # SIGINT/SIGTERM: the loop stops after the current step with a checkpoint of it
+            # and raises preemption.Preempted (the CLI exits 130/143); a second signal quits.
+            with preemption.StopOnSignal(
+                    "training", "saving a checkpoint after the current step") as signals:
+                self._guard = preemption.TrainingGuard(
+                    signals, self._save, self.strategy if self._jax is None else None,
+                    self.manager)
+                try:
+                    return self._train()
+                except preemption.Preempted:
+                    self._flush_summaries()
+                    raise
+                except preemption.Interrupted as e:  # in an evaluation or sample grid of the run
+                    step = int(self.step.numpy())
+                    path = self._save(step) if self._restored else None
+                    self._flush_summaries()
+                    raise preemption.Preempted(e.signum, step, path) from None
+                finally:
+                    self._guard = None
         finally:
             self.release_lock()
 
@@ -331,18 +473,19 @@ class Trainer:
         self.checkpoint.data_iterator = iterator
         if self.is_chief:  # train() holds the model_dir lock: no save is in progress
             run_guard.remove_partial_checkpoints(self.manager.directory)
-        self.restore()
+        self.restore(data_iterator=self._resume_keeps_data_position())
         train_step = self._make_train_step()
         train_writer, _ = self._summary_writers()
         if self.is_chief:
             run_guard.write_model_config(self.model_dir, self.model)
             first_stage = getattr(self.train_info, "first_stage_dir", None)
             if first_stage:  # a prior over code grids: samplers decode with this first stage
-                with tf.io.gfile.GFile(os.path.join(self.model_dir, FIRST_STAGE_FILE), "w") as f:
-                    json.dump({"first_stage_dir": first_stage}, f, indent=2)
+                self._record_first_stage(first_stage)
         step = int(self.step.numpy())
         if step >= self.num_train_steps:
-            logging.info("Step %d >= num_train_steps=%d: nothing to train.", step, self.num_train_steps)
+            finished = self._finished_results(step)
+            if finished is not False:
+                return finished
         last_time, last_step = time.time(), step
         results = None
         while step < self.num_train_steps:
@@ -361,24 +504,51 @@ class Trainer:
                 scalars = self._train_scalars(step, metrics)
                 scalars["steps_per_second"] = steps_per_sec
                 scalars["examples_per_second"] = steps_per_sec * self.global_batch_size
-                logging.info("step %d/%d  %s", step, self.num_train_steps,
-                             "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+                logging.info("step %d/%d  %s  ETA %s", step, self.num_train_steps,
+                             "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()),
+                             format_duration((self.num_train_steps - step) / max(steps_per_sec,
+                                                                                  1e-9)))
                 with self._write_errors_named("TensorBoard summaries", step, self.model_dir):
-                    with train_writer.as_default(step=step):  # flushes on exit
-                        for name, value in scalars.items():
-                            tf.summary.scalar(name, value)
+                    self._write_scalars(train_writer, step, scalars)
             if step % self.checkpoint_every == 0 or step == self.num_train_steps:
                 self._save(step)
             if self.sample_every and step % self.sample_every == 0:
                 self.write_samples(step)
             if self.eval_every and step % self.eval_every == 0 and step != self.num_train_steps:
                 self.evaluate()
+            if self._guard is not None:  # a SIGINT/SIGTERM: checkpoint this step, stop
+                self._guard.check(step)
         with self._write_errors_named("TensorBoard summaries", step, self.model_dir):
             train_writer.flush()
         if self.eval_dataset is not None:
             results = self.evaluate()
         if self.sample_every and step % self.sample_every:
             self.write_samples(step)  # the loop has not sampled this final step yet
+        return results
+
+    def _finished_results(self, step):
+        """A run already at num_train_steps: its saved results (not re-evaluated).
+
+        None without evaluation data; False (evaluate now) when the run has
+        evaluation data but no results of this step yet, e.g. a run stopped
+        during its final evaluation.
+        """
+        path = os.path.join(self.model_dir, "eval_results.json")
+        results = None
+        if self.eval_dataset is not None and files.gfile().exists(path):
+            with files.gfile().GFile(path) as f:
+                results = json.load(f)
+            if results.get("step") != step:
+                results = None
+        if self.eval_dataset is not None and results is None:
+            logging.info("The run in %s is at step %d of num_train_steps=%d: evaluating it.",
+                         self.model_dir, step, self.num_train_steps)
+            return False
+        logging.warning(
+            "The run in %s is finished: step %d of num_train_steps=%d%s. Nothing to do; raise "
+            "t2t_image.Trainer.num_train_steps to train on, or use --mode=eval to evaluate "
+            "again.", self.model_dir, step, self.num_train_steps,
+            f" (results of step {step} in {path})" if results else "")
         return results
 
     def _train_scalars(self, step, metrics):
@@ -405,7 +575,7 @@ class Trainer:
         if self.eval_dataset_fn is None:
             raise ValueError("Trainer.eval_dataset_fn is not set: nothing to evaluate on.")
         if checkpoint_path or not self._restored:
-            path = self.restore(checkpoint_path)
+            path = self.restore(checkpoint_path, required=True)
         else:
             path = self.manager.latest_checkpoint
         dataset = self.eval_dataset
@@ -418,13 +588,18 @@ class Trainer:
         logging.info("eval at step %d: %s", step, "  ".join(
             f"{k} {results[k]:.4f}" for k in summaries))
         if self.is_chief:
-            _, eval_writer = self._summary_writers()
-            with eval_writer.as_default(step=step):
-                for name in summaries:
-                    tf.summary.scalar(name, results[name])
-            eval_writer.flush()
-            with tf.io.gfile.GFile(os.path.join(self.model_dir, "eval_results.json"), "w") as f:
-                json.dump(results, f, indent=2)
+            try:
+                _, eval_writer = self._summary_writers()
+                self._write_scalars(eval_writer, step, {name: results[name] for name in summaries})
+                eval_writer.flush()
+                with files.gfile().GFile(os.path.join(self.model_dir, "eval_results.json"),
+                                         "w") as f:
+                    json.dump(results, f, indent=2)
+            except files.io_errors() as e:
+                if self._lock is not None:  # a training run's model_dir must take writes
+                    raise
+                logging.warning("Cannot write the evaluation results into %s (%s); they are "
+                                "only returned (the CLI prints them).", self.model_dir, e)
         return results
 
     def _evaluate_split(self, distributed_dataset):
@@ -432,6 +607,8 @@ class Trainer:
         eval_step = self._make_eval_step()
         total, count = 0.0, 0.0
         for batch in distributed_dataset:
+            preemption.raise_if_stop_requested(
+                "Stopped the evaluation; eval_results.json was not written.")
             t, c = eval_step(batch)
             total += float(t)
             count += float(c)
@@ -462,6 +639,8 @@ class Trainer:
         paths = self.manager.checkpoints[-num_last:]
         if not paths:
             raise ValueError(f"no checkpoints to average in {self.manager.directory}.")
+        if self._jax is not None:
+            return self._average_npz_checkpoints(paths)
         total = None
         reader = tf.train.Checkpoint(model=self.model)
         for path in paths:
@@ -479,6 +658,20 @@ class Trainer:
                      paths[-1], path)
         return path
 
+    def _average_npz_checkpoints(self, paths):
+        from t2t_image.training import npz_checkpoints
+
+        read = [npz_checkpoints.read_checkpoint(p) for p in paths]
+        average = [np.mean([r[0][i].astype(np.float64) for r in read], axis=0).astype(w.dtype)
+                   for i, w in enumerate(read[-1][0])]
+        _, optimizer, step, data_state = read[-1]
+        path = os.path.join(self.model_dir, "averaged", f"ckpt-{step}{npz_checkpoints.SUFFIX}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        npz_checkpoints.write_checkpoint(path, average, optimizer, step, data_state)
+        logging.info("Averaged %d checkpoints (%s .. %s) into %s", len(paths), paths[0],
+                     paths[-1], path)
+        return path
+
     def write_samples(self, step):
         """Writes a grid of model samples to TensorBoard and model_dir/samples/step_N.png."""
         from t2t_image.sampling import sample_grid_for_summary  # sampling builds on models
@@ -486,13 +679,21 @@ class Trainer:
 
         if not self.is_chief:
             return
-        grid = sample_grid_for_summary(self.model, self.num_samples, seed=step,
-                                       eval_dataset=self.eval_dataset,
-                                       decode=getattr(self.train_info, "decode_codes", None))
-        _, eval_writer = self._summary_writers()
-        with eval_writer.as_default(step=step):
-            tf.summary.image("samples", grid[None], max_outputs=1)
-        eval_writer.flush()
+        try:
+            grid = sample_grid_for_summary(self.model, self.num_samples, seed=step,
+                                           eval_dataset=self.eval_dataset,
+                                           decode=getattr(self.train_info, "decode_codes", None))
+        except (ImportError, NotImplementedError) as e:
+            if self._jax is None:
+                raise
+            logging.info("No sample grid at step %d: the sampler does not run under JAX "
+                         "here (%s).", step, e)
+            return
+        if self._jax is None:  # TensorBoard images need tf.summary; under JAX: the PNG only
+            _, eval_writer = self._summary_writers()
+            with eval_writer.as_default(step=step):
+                tf.summary.image("samples", grid[None], max_outputs=1)
+            eval_writer.flush()
         path = os.path.join(self.model_dir, "samples", f"step_{step}.png")
         write_image_grid(path, grid[None], num_columns=1, padding=0)
         logging.info("Wrote samples to %s", path)

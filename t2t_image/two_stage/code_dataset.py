@@ -26,7 +26,7 @@ from t2t_image.data import pipeline
 from t2t_image.data.sources import SplitData
 
 TASKS = ("unconditional", "class_conditional")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: content fingerprints of the checkpoint and the data
 
 
 def tokenize_dataset(first_stage, dataset):
@@ -51,15 +51,27 @@ def tokenize_dataset(first_stage, dataset):
     return np.concatenate(codes), (np.concatenate(labels) if labels else None)
 
 
-def _cache_key(checkpoint, description, split, task, image_size):
-    """A key that changes whenever the first-stage weights or the data selection change."""
-    index = checkpoint + ".index" if not checkpoint.endswith(".keras") else checkpoint
-    stat = os.stat(index) if os.path.exists(index) else None
+def data_fingerprint(images):
+    """SHA-256 of every image (and label) a dataset yields, in order: its content, not its path."""
+    digest = hashlib.sha256()
+    for batch in images:
+        for key in ("targets", "labels"):
+            if key in batch:
+                value = np.ascontiguousarray(np.asarray(batch[key]))
+                digest.update(f"{key}{value.dtype}{value.shape}".encode())
+                digest.update(value.tobytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def _cache_key(checkpoint, description, split, task, image_size, data):
+    """A key that changes whenever the first-stage weights or the data (content) change."""
+    from t2t_image.training import checkpoint_files
+
     fields = {
         "version": CACHE_VERSION,
         "checkpoint": os.path.abspath(checkpoint),
-        "checkpoint_size": stat.st_size if stat else None,
-        "checkpoint_mtime_ns": stat.st_mtime_ns if stat else None,
+        "checkpoint_fingerprint": checkpoint_files.fingerprint(checkpoint),
+        "data_fingerprint": data,
         "data": description,
         "split": split,
         "task": task,
@@ -100,7 +112,9 @@ def load_or_tokenize(first_stage, checkpoint, image_dataset_fn, cache_dir, token
     if info.task not in TASKS:
         raise ValueError(f"make_code_dataset: the image dataset's task must be one of "
                          f"{list(TASKS)}, got {info.task!r}")
-    key, fields = _cache_key(checkpoint, info.source, info.split, info.task, image_size)
+    # Keyed on content: an overwritten data file or retrained first stage is a cache miss.
+    key, fields = _cache_key(checkpoint, info.source, info.split, info.task, image_size,
+                             data_fingerprint(images))
     path = os.path.join(cache_dir, f"{re.sub(r'[^A-Za-z0-9._-]+', '_', info.split)}-{key}.npz")
     if os.path.isfile(path):
         with np.load(path, allow_pickle=False) as cached:
@@ -136,10 +150,12 @@ def make_code_dataset(first_stage_dir, image_dataset_fn, batch_size=16, *, train
             "class_conditional") carries over, labels included.
         batch_size, training, shuffle, repeat, seed, drop_remainder: the order
             of the code grids, as in ``make_dataset``.
-        checkpoint: optional first-stage checkpoint (default: the latest).
+        checkpoint: optional first-stage checkpoint (default: the newest readable
+            one); the one used is recorded in ``info.first_stage``.
         cache_dir: where the tokenized grids are cached (default:
             ``first_stage_dir/codes``); the file name holds a key of the
-            checkpoint (path, size, time) and the data (source, split, task).
+            checkpoint (path and content fingerprint) and the data (content
+            fingerprint of the images and labels, source, split, task).
         tokenize_batch_size: int, images per encoder call when tokenizing.
         with_info: also return a ``DatasetInfo`` (with ``first_stage_dir``,
             ``image_num_dims`` and ``decode_codes`` set).
@@ -148,6 +164,7 @@ def make_code_dataset(first_stage_dir, image_dataset_fn, batch_size=16, *, train
         A ``tf.data.Dataset`` of ``{"targets": int32 [b, h, w, 1]}`` (plus
         ``labels``), or ``(dataset, DatasetInfo)``.
     """
+    from t2t_image.training.model_loading import first_stage_record
     from t2t_image.training.model_loading import load_model  # loads Keras models
 
     batch_size = pipeline._check_int(batch_size, "batch_size")
@@ -202,4 +219,7 @@ def make_code_dataset(first_stage_dir, image_dataset_fn, batch_size=16, *, train
         * first_stage.num_channels,
         decode_codes=decode_codes,
     )
+    # The exact first-stage checkpoint (path, step, content fingerprint): the trainer
+    # records it in first_stage.json, and the sampler and exporter decode with it.
+    info.first_stage = first_stage_record(first_stage_dir, checkpoint)
     return ds, info
