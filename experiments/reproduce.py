@@ -27,6 +27,7 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RETRIES = 0  # --retries: rerun a failed trainer subprocess after a minute
 STUDIES = ("block_length", "cat_vs_dmol", "conditional", "local_1d_vs_2d",
            "super_resolution", "two_stage")
 
@@ -89,8 +90,17 @@ def run_trainer(run_dir, gin_files, bindings, mode="train"):
     cmd += [f"--gin_file={g}" for g in gin_files] + [f"--gin_param={b}" for b in bindings]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     start = time.time()
-    with open(os.path.join(run_dir, f"log_{mode}.txt"), "w") as log:
-        rc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    for attempt in range(RETRIES + 1):
+        if attempt:  # e.g. a source tree being edited while the study runs
+            time.sleep(60)
+            if mode == "train":
+                shutil.rmtree(run_dir)
+                os.makedirs(run_dir)
+        with open(os.path.join(run_dir, f"log_{mode}.txt"), "w") as log:
+            rc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                env=env).returncode
+        if not rc:
+            break
     if rc:
         raise RuntimeError(f"trainer failed (exit {rc}); see {run_dir}/log_{mode}.txt")
     shown = ["bin/t2t-image-trainer", f"--model_dir={os.path.relpath(run_dir, REPO) if run_dir.startswith(REPO) else run_dir}"] + cmd[3:]
@@ -517,7 +527,11 @@ def main(argv=None):
     parser.add_argument("--out", default=None,
                         help="folder of reproduction.md and reproduction/ (default: docs, "
                              "or <work_dir>/smoke_docs with --smoke)")
+    parser.add_argument("--retries", type=int, default=0,
+                        help="rerun a failed trainer run up to this many times (a minute apart)")
     args = parser.parse_args(argv)
+    global RETRIES
+    RETRIES = args.retries
     out_root = args.out or (os.path.join(args.work_dir, "smoke_docs") if args.smoke
                             else os.path.join(REPO, "docs"))
     out_dir = os.path.join(out_root, "reproduction")
