@@ -2,22 +2,34 @@
 
 The exported graph needs TensorFlow only: ``tf.saved_model.load(path)`` works
 in a process where t2t_image (and Keras) cannot be imported. Every endpoint
-has an explicit input signature (integer pixels stay integers), so inputs of
-another dtype or shape are refused by TensorFlow with the expected signature
-in the error. Every value is checked inside the graph before it is used
-(label range, batch sizes, ``num_samples``, finite ``temperature >= 0``,
+has an explicit input dtype (integer pixels stay integers; another dtype is
+refused by TensorFlow when the call is bound, with the expected dtype in the
+error). Shapes are left open in the signatures and checked inside the graph
+like every value (rank and sizes, label range, batch sizes, ``num_samples`` up
+to the export's ``max_num_samples``, finite ``temperature >= 0``,
 ``num_prefix_rows``, pixel values below ``vocab_size``): a bad request raises
-``InvalidArgumentError`` whose message names the input and the bad value, and
-the serving process carries on. The checks matter beyond the message: an
-out-of-range id in an embedding lookup raises on CPU but silently reads zeros
-on GPU.
+``InvalidArgumentError`` whose message names the input, the allowed range or
+shape and the bad value, through ``tf.saved_model.load`` as through the
+signatures (which TensorFlow never checks for shape), and the serving process
+carries on. The checks matter beyond the message: an out-of-range id in an
+embedding lookup raises on CPU but silently reads zeros on GPU, and one
+request for many samples could exhaust the host's memory.
+
+TensorFlow (2.21) itself puts ``Graph execution error:`` and the failing node
+on the first lines of any error raised inside a loaded function, and Python
+code of the exporting ``tf.Module`` is not saved, so the check's message
+(``assertion failed: [<input> must ...] [<value>]``) is the first line of
+the message after TensorFlow's header, not of the whole text.
 """
+
+DEFAULT_MAX_NUM_SAMPLES = 64
 
 import inspect
 import math
 
 import tensorflow as tf
 
+from t2t_image.export.atomic import write_folder_atomically
 from t2t_image.sampling.common import needs_inputs
 from t2t_image.sampling.sampler import ensure_built
 from t2t_image.sampling.sampler import sample_graph
@@ -48,7 +60,7 @@ def _specs(model):
     return images, conditioning
 
 
-def _assert(condition, message, *values):
+def in_graph_check(condition, message, *values):
     """An in-graph check: ``InvalidArgumentError`` "message [value] ..." unless ``condition``.
 
     Eager calls raise at once; in a graph the op runs before whatever is put
@@ -63,10 +75,67 @@ def range_check(name, value, low, high, note=""):
     empty = tf.equal(tf.size(value), 0)
     smallest = tf.where(empty, tf.constant(low, tf.int64), tf.reduce_min(value))
     largest = tf.where(empty, tf.constant(low, tf.int64), tf.reduce_max(value))
-    return _assert(
+    return in_graph_check(
         tf.logical_and(smallest >= low, largest < high),
         f"{name} must be in [{low}, {high}){note}, got values in [min, max] =",
         smallest, largest)
+
+
+def _format_shape(shape):
+    dims = ["n" if i == 0 and d is None else "?" if d is None else str(d)
+            for i, d in enumerate(shape)]
+    return "[" + ", ".join(dims) + "]"
+
+
+def shape_check(name, value, shape):
+    """Checks the rank and the known sizes of ``value`` (of any shape) against ``shape``."""
+    shape = tf.TensorShape(shape)
+    rank = len(shape)
+    actual = tf.shape(value)
+    padded = tf.concat([actual, tf.zeros([rank], tf.int32)], 0)[:rank]  # safe if rank differs
+    ok = tf.equal(tf.size(actual), rank)
+    for i, dim in enumerate(shape.as_list()):
+        if dim is not None:
+            ok = tf.logical_and(ok, tf.equal(padded[i], dim))
+    what = "be a scalar (shape [])" if rank == 0 else f"have shape {_format_shape(shape.as_list())}"
+    return in_graph_check(ok, f"{name} must {what}, got shape", actual)
+
+
+def with_shape_checks(fn, signature):
+    """``fn(*args)`` behind in-graph shape checks; returns it with the open signature.
+
+    Args:
+        fn: a function of tensors with the shapes of ``signature``.
+        signature: its ``TensorSpec``s with the shapes the caller must give.
+
+    Returns:
+        ``(checked_fn, open_signature)``: the specs keep their dtype and name but
+        any shape, so a wrong shape reaches the graph's check (a message naming
+        the input and the expected shape) instead of TensorFlow's binding error,
+        and the signatures (which TensorFlow does not check) cannot feed the
+        model a wrong shape.
+    """
+    def checked(*args):
+        checks = [shape_check(spec.name, value, spec.shape)
+                  for spec, value in zip(signature, args)]
+        shaped = []
+        with tf.control_dependencies(checks):
+            for spec, value in zip(signature, args):
+                value = tf.identity(value)  # Runs only after every check has passed,
+                value.set_shape(spec.shape)  # so the static shape is what it holds.
+                shaped.append(value)
+        return fn(*shaped)
+
+    checked.__name__, checked.__doc__ = fn.__name__, fn.__doc__
+    return checked, [tf.TensorSpec(None, spec.dtype, spec.name) for spec in signature]
+
+
+def count_check(name, count, max_num_samples, what):
+    """Checks ``1 <= count <= max_num_samples`` (the per-call bound of the export)."""
+    return in_graph_check(
+        tf.logical_and(count >= 1, count <= max_num_samples),
+        f"{name} must be in [1, {max_num_samples}] {what} (max_num_samples={max_num_samples}, "
+        "set at export), got", count)
 
 
 def _check_pixels(model, name, value):
@@ -82,7 +151,7 @@ def _check_conditioning(model, conditioning, batch_size):
     checks, out = [], {}
     for name, value in conditioning.items():
         entries = tf.shape(value)[0]
-        checks.append(_assert(
+        checks.append(in_graph_check(
             tf.equal(entries, batch_size),
             f"{name} must have one entry per image: got [entries] [images] =",
             entries, batch_size))
@@ -93,7 +162,7 @@ def _check_conditioning(model, conditioning, batch_size):
     return checks, out
 
 
-def build_endpoints(model, jit_compile=True):
+def build_endpoints(model, jit_compile=True, max_num_samples=DEFAULT_MAX_NUM_SAMPLES):
     """The exported functions, as plain Python callables with their signatures.
 
     T2T's serving functions (``serving_input_fn`` with ``infer``) in the
@@ -104,12 +173,18 @@ def build_endpoints(model, jit_compile=True):
     Args:
         model: an ``ImageTransformer`` (or subclass); built if needed.
         jit_compile: bool, compile the sampling loop with XLA.
+        max_num_samples: int, the most images one call may sample, complete or
+            score (``DEFAULT_MAX_NUM_SAMPLES``).
 
     Returns:
         dict name -> (fn, input_signature) for ``sample``, ``complete`` and
         ``log_prob``; each fn takes its inputs as positional tensors in
-        signature order and returns a dict of tensors.
+        signature order and returns a dict of tensors. The signatures leave
+        shapes open; each fn checks them (``with_shape_checks``).
     """
+    if isinstance(max_num_samples, bool) or not isinstance(max_num_samples, int) \
+            or max_num_samples < 1:
+        raise ValueError(f"max_num_samples must be an int >= 1, got {max_num_samples!r}")
     ensure_built(model)
     images_spec, conditioning_specs = _specs(model)
     names = list(conditioning_specs)
@@ -123,7 +198,7 @@ def build_endpoints(model, jit_compile=True):
 
     def run_sampler(canvas, conditioning, seed, temperature, rows, checks):
         more, conditioning = _check_conditioning(model, conditioning, tf.shape(canvas)[0])
-        checks = checks + more + [_assert(
+        checks = checks + more + [in_graph_check(
             tf.logical_and(tf.math.is_finite(temperature), temperature >= 0.0),
             "temperature must be a finite float >= 0 (0: argmax), got", temperature)]
         with tf.control_dependencies(checks):
@@ -132,7 +207,7 @@ def build_endpoints(model, jit_compile=True):
 
     def sample(num_samples, temperature, seed, *conditioning):
         """Samples ``num_samples`` images (seeded; temperature 0 = argmax)."""
-        check = _assert(num_samples > 0, "num_samples must be > 0, got", num_samples)
+        check = count_check("num_samples", num_samples, max_num_samples, "images")
         with tf.control_dependencies([check]):
             canvas = tf.zeros(tf.concat([[num_samples], shape], 0), tf.int32)
         return run_sampler(canvas, dict(zip(names, conditioning)), seed, temperature,
@@ -142,10 +217,9 @@ def build_endpoints(model, jit_compile=True):
         """Keeps the top ``num_prefix_rows`` rows of ``prefix`` and samples the rest."""
         rows = num_prefix_rows
         checks = [
-            _assert(tf.shape(prefix)[0] > 0,
-                    "prefix must hold at least one image (one per sample), got [images] =",
-                    tf.shape(prefix)[0]),
-            _assert(tf.logical_and(rows >= 0, rows <= height),
+            count_check("prefix", tf.shape(prefix)[0], max_num_samples,
+                        "images (one per sample)"),
+            in_graph_check(tf.logical_and(rows >= 0, rows <= height),
                     f"num_prefix_rows must be in [0, {height}] (image_height={height}), got",
                     rows),
         ] + _check_pixels(model, "prefix", prefix)
@@ -159,7 +233,10 @@ def build_endpoints(model, jit_compile=True):
         """Per-image log-likelihood in nats and in bits per dimension."""
         checks, conditioning = _check_conditioning(model, dict(zip(names, conditioning)),
                                                    tf.shape(images)[0])
-        checks += _check_pixels(model, "images", images)
+        checks += _check_pixels(model, "images", images) + [in_graph_check(
+            tf.shape(images)[0] <= max_num_samples,
+            f"images must hold at most {max_num_samples} images (max_num_samples="
+            f"{max_num_samples}, set at export), got", tf.shape(images)[0])]
         with tf.control_dependencies(checks):
             features = dict(conditioning, targets=tf.cast(images, tf.int32))
             nats = model.log_prob_from_logits(model(features, training=False),
@@ -175,8 +252,11 @@ def build_endpoints(model, jit_compile=True):
                                 scalar(tf.int32, "num_prefix_rows")] + sampler_specs + cond),
         "log_prob": (log_prob, [images_spec] + cond),
     }
-    return {name: (with_signature_names(fn, signature), signature)
-            for name, (fn, signature) in endpoints.items()}
+    out = {}
+    for name, (fn, signature) in endpoints.items():
+        checked, open_signature = with_shape_checks(fn, signature)
+        out[name] = (with_signature_names(checked, open_signature), open_signature)
+    return out
 
 
 def with_signature_names(fn, signature):
@@ -198,7 +278,8 @@ def with_signature_names(fn, signature):
     return wrapper
 
 
-def export_saved_model(model, export_dir, jit_compile=True, verbose=False):
+def export_saved_model(model, export_dir, jit_compile=True, verbose=False,
+                       max_num_samples=DEFAULT_MAX_NUM_SAMPLES):
     """Writes ``model`` as a TF SavedModel with sampling and likelihood endpoints.
 
     Endpoints (also SavedModel signatures; ``serving_default`` is ``sample``):
@@ -216,11 +297,15 @@ def export_saved_model(model, export_dir, jit_compile=True, verbose=False):
 
     ``labels`` exists for class-conditional models, ``inputs`` for
     encoder-decoder (super-resolution) models. Requests are validated in the
-    graph: ``num_samples > 0``, finite ``temperature >= 0``, labels in
-    ``[0, num_classes)``, one label/input per image, ``num_prefix_rows`` in
-    ``[0, image_height]``, at least one prefix image, pixel values below
+    graph: every input's rank and sizes, ``num_samples`` (and the images of
+    ``complete``/``log_prob``) in ``[1, max_num_samples]``, finite
+    ``temperature >= 0``, labels in ``[0, num_classes)``, one label/input per
+    image, ``num_prefix_rows`` in ``[0, image_height]``, pixel values below
     ``vocab_size``; a bad one raises ``tf.errors.InvalidArgumentError`` naming
-    the input and the value, and leaves the loaded model usable. Uses
+    the input, the allowed range or shape and the value, and leaves the loaded
+    model usable. The folder is written beside ``export_dir`` and swapped in
+    (``atomic.write_folder_atomically``): an existing export is replaced, and
+    a kill at any point leaves the old or the new one. Uses
     ``keras.export.ExportArchive``; T2T's ``export`` / serving input
     functions served decoding the same way.
 
@@ -229,6 +314,9 @@ def export_saved_model(model, export_dir, jit_compile=True, verbose=False):
         export_dir: path of the SavedModel directory.
         jit_compile: bool, compile the sampling loop with XLA when it runs.
         verbose: bool, let Keras print the endpoints.
+        max_num_samples: int, the most images one request may ask for
+            (memory grows with it: the sampling cache of a 12-layer d-512 model
+            takes about 150 MB per image).
 
     Returns:
         ``export_dir``.
@@ -238,7 +326,7 @@ def export_saved_model(model, export_dir, jit_compile=True, verbose=False):
     archive = keras.export.ExportArchive()
     archive.track(model)
     # "sample" first: ExportArchive makes the first endpoint serving_default.
-    for name, (fn, signature) in build_endpoints(model, jit_compile).items():
+    for name, (fn, signature) in build_endpoints(model, jit_compile, max_num_samples).items():
         archive.add_endpoint(name, fn, input_signature=signature)
-    archive.write_out(str(export_dir), verbose=verbose)
-    return export_dir
+    return write_folder_atomically(
+        export_dir, lambda folder: archive.write_out(folder, verbose=verbose))

@@ -52,9 +52,21 @@ LOADER = textwrap.dedent("""
         args.update(kw)
         return model.complete(**args)
 
+    twice = {k: tf.concat([v, v], 0) for k, v in cond.items()}  # 4 entries: > max_num_samples
     bad_calls = {
         "float_images": lambda: model.log_prob(images=tf.cast(images, tf.float32), **cond),
         "wrong_shape": lambda: model.log_prob(images=images[:, :3], **cond),
+        "wrong_rank": lambda: model.log_prob(images=images[0], **cond),
+        "signature_wrong_shape": lambda: model.signatures["log_prob"](images=images[:, :3],
+                                                                      **cond),
+        "vector_num_samples": lambda: sample(num_samples=tf.constant([2])),
+        "signature_vector_temperature": lambda: model.signatures["serving_default"](
+            num_samples=tf.constant(2), temperature=tf.constant([0.8]), seed=seed, **cond),
+        "too_many_samples": lambda: sample(num_samples=4),
+        "huge_num_samples": lambda: sample(num_samples=20000),
+        "too_many_log_prob": lambda: model.log_prob(images=tf.concat([images, images], 0),
+                                                    **twice),
+        "too_many_prefix": lambda: complete(prefix=tf.concat([images, images], 0), **twice),
         "float_seed": lambda: sample(seed=tf.constant(1.0)),
         "float64_temperature": lambda: sample(temperature=tf.constant(0.8, tf.float64)),
         "serving_float_num_samples": lambda: model.signatures["serving_default"](
@@ -74,6 +86,7 @@ LOADER = textwrap.dedent("""
         labels = lambda values: tf.constant(values, tf.int32)
         bad_calls.update({
             "label_too_large": lambda: model.log_prob(images=images, labels=labels([0, 9])),
+            "labels_rank": lambda: model.log_prob(images=images, labels=labels([[2, 0]])),
             "label_negative_sample": lambda: sample(labels=labels([1, -1])),
             "label_equal_num_classes_complete": lambda: complete(labels=labels([3, 0])),
             "label_count": lambda: sample(num_samples=3),
@@ -121,14 +134,31 @@ def run_loader(folder):
     return dict(np.load(os.path.join(folder, "results.npz"))), errors
 
 
+def first_own_line(message):
+    """The first line of an error that is not TensorFlow's header for errors in a loaded
+    function ("Graph execution error:", "Detected at node ...", its stack frames)."""
+    for line in message.splitlines():
+        if line in ("", "Graph execution error:", "<stack traces unavailable>"):
+            continue
+        if line.startswith(("Detected at node ", "  ")):
+            continue
+        return line
+    return ""
+
+
 def assert_refused(errors, name, *fragments, kind="InvalidArgumentError"):
-    """The bad request ``name`` raised ``kind`` with every fragment in its message."""
+    """The bad request ``name`` raised ``kind`` with every fragment in its message; for
+    in-graph checks the first fragment (input and allowed range/shape) is on the first
+    line after TensorFlow's header."""
     assert errors[name] is not None, f"{name} was accepted"
     error_type, message = errors[name]
     if kind is not None:
         assert error_type == kind, (name, error_type, message)
     for fragment in fragments:
         assert fragment in message, (name, fragment, message)
+    if kind == "InvalidArgumentError":
+        line = first_own_line(message)
+        assert line.startswith("assertion failed: [") and fragments[0] in line, (name, message)
 
 
 @pytest.mark.parametrize("kind", ["class_conditional_cat", "img2img_dmol"])
@@ -152,7 +182,7 @@ def test_saved_model_reproduces_the_python_model_without_t2t_image(tmp_path, kin
     model(dict(conditioning, targets=images))
     model.output_layer.kernel.assign(model.output_layer.kernel * 5.0)
     export_dir = tmp_path / "export"
-    export_saved_model(model, export_dir)
+    export_saved_model(model, export_dir, max_num_samples=3)
 
     seed = 17
     expected = {
@@ -179,27 +209,47 @@ def test_saved_model_reproduces_the_python_model_without_t2t_image(tmp_path, kin
     np.testing.assert_array_equal(got["complete"], expected["complete"])
     np.testing.assert_array_equal(got["complete"][:, :1], images[:, :1])
 
-    # Wrong dtypes and shapes: refused by the signatures, which the message shows.
-    assert_refused(errors, "float_images", "uint8", "float32", kind=None)
-    assert_refused(errors, "wrong_shape", "(None, 4, 4, 3)", kind=None)
+    # Wrong dtypes: refused by TensorFlow when binding, naming the input and both dtypes on
+    # the first line.
+    assert_refused(errors, "float_images", "uint8", "float32", kind="TypeError")
+    assert "name='images'" in errors["float_images"][1].splitlines()[0]
+    assert "dtype=tf.uint8" in errors["float_images"][1].splitlines()[0]
     assert_refused(errors, "float_seed", "int64", kind=None)
     assert_refused(errors, "float64_temperature", "float64", "float32", kind=None)
     # (TF's signature wrappers name the input by position only.)
     assert_refused(errors, "serving_float_num_samples", "int32", "float", kind=None)
     assert_refused(errors, "int32_prefix", "prefix", "uint8", "int32", kind=None)
+    # Wrong shapes: the same kind of error as wrong values, through the functions and the
+    # signatures alike (signatures fed the model a wrong shape before: "Input to reshape").
+    shape = "images must have shape [n, 4, 4, 3], got shape]"
+    assert_refused(errors, "wrong_shape", shape, "[2 3 4 3]")
+    assert_refused(errors, "wrong_rank", shape, "[4 4 3]")
+    assert_refused(errors, "signature_wrong_shape", shape, "[2 3 4 3]")
+    assert_refused(errors, "vector_num_samples",
+                   "num_samples must be a scalar (shape []), got shape]", "[1]")
+    assert_refused(errors, "signature_vector_temperature",
+                   "temperature must be a scalar (shape []), got shape]", "[1]")
+    # At most max_num_samples images per call.
+    bound = "must be in [1, 3] images"
+    assert_refused(errors, "too_many_samples", "num_samples " + bound,
+                   "(max_num_samples=3, set at export), got] [4]")
+    assert_refused(errors, "huge_num_samples", "num_samples " + bound, "[20000]")
+    assert_refused(errors, "too_many_log_prob", "images must hold at most 3 images", "[4]")
+    assert_refused(errors, "too_many_prefix", "prefix " + bound + " (one per sample)", "[4]")
     # Bad values: InvalidArgumentError from the in-graph checks, naming input and value.
     assert_refused(errors, "negative_temperature", "temperature must be a finite float >= 0",
                    "[-0.5]")
     assert_refused(errors, "nan_temperature", "temperature must be a finite float", "[nan]")
     assert_refused(errors, "inf_temperature", "temperature must be a finite float", "[inf]")
-    assert_refused(errors, "zero_samples", "num_samples must be > 0, got] [0]")
-    assert_refused(errors, "negative_samples", "num_samples must be > 0, got] [-3]")
+    assert_refused(errors, "zero_samples", "num_samples " + bound, "got] [0]")
+    assert_refused(errors, "negative_samples", "num_samples " + bound, "got] [-3]")
     assert_refused(errors, "negative_rows", "num_prefix_rows must be in [0, 4]", "[-1]")
     assert_refused(errors, "too_many_rows", "num_prefix_rows must be in [0, 4]", "[5]")
-    assert_refused(errors, "empty_prefix", "prefix must hold at least one image", "[0]")
+    assert_refused(errors, "empty_prefix", "prefix " + bound + " (one per sample)", "got] [0]")
     if "labels" in conditioning:
         in_range = "labels must be in [0, 3) (num_classes=3), got values in [min, max] =]"
         assert_refused(errors, "label_too_large", in_range, "[0] [9]")
+        assert_refused(errors, "labels_rank", "labels must have shape [n], got shape]", "[1 2]")
         assert_refused(errors, "label_negative_sample", in_range, "[-1] [1]")
         assert_refused(errors, "label_equal_num_classes_complete", in_range, "[0] [3]")
         assert_refused(errors, "label_count", "labels must have one entry per image",
@@ -209,7 +259,8 @@ def test_saved_model_reproduces_the_python_model_without_t2t_image(tmp_path, kin
                        f"[16] [{images.max() + 16}]")
         assert_refused(errors, "images_above_vocab", "images " + vocab, "[200] [200]")
     else:
-        assert_refused(errors, "inputs_wrong_size", "inputs", "(None, 2, 2, 3)", kind=None)
+        assert_refused(errors, "inputs_wrong_size",
+                       "inputs must have shape [n, 2, 2, 3], got shape]", "[2 3 3 3]")
         assert_refused(errors, "inputs_int32", "inputs", "uint8", kind=None)
         assert_refused(errors, "inputs_count", "inputs must have one entry per image",
                        "[2] [1]")

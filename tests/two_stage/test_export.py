@@ -32,6 +32,15 @@ LOADER = textwrap.dedent("""
         "zero_samples": lambda: model.sample(num_samples=tf.constant(0),
             temperature=tf.constant(1.0), seed=tf.constant(1, tf.int64)),
         "float_codes": lambda: model.decode(codes=tf.zeros([1, 3, 3])),
+        "no_grids": lambda: model.decode(codes=tf.zeros([0, 3, 3], tf.int32)),
+        "empty_grid": lambda: model.decode(codes=tf.zeros([1, 0, 0], tf.int32)),
+        "grid_without_rows": lambda: model.decode(codes=tf.zeros([2, 0, 5], tf.int32)),
+        "decode_rank": lambda: model.decode(codes=tf.zeros([3, 3], tf.int32)),
+        "too_many_grids": lambda: model.decode(codes=tf.zeros([4, 2, 2], tf.int32)),
+        "too_many_samples": lambda: model.sample(num_samples=tf.constant(20000),
+            temperature=tf.constant(1.0), seed=tf.constant(1, tf.int64)),
+        "encode_wrong_size": lambda: model.encode(images=tf.zeros([1, 5, 5, 3], tf.uint8)),
+        "log_prob_wrong_grid": lambda: model.log_prob(codes=tf.zeros([1, 3, 4], tf.int32)),
     }
     for name, call in bad.items():
         try:
@@ -54,7 +63,7 @@ LOADER = textwrap.dedent("""
 def test_two_stage_saved_model_serves_python_results_and_survives_bad_requests(tmp_path):
     p, fs = prior(), first_stage()
     export_dir = tmp_path / "export"
-    export_two_stage_saved_model(p, fs, str(export_dir))
+    export_two_stage_saved_model(p, fs, str(export_dir), max_num_samples=3)
     images, codes = sample_two_stage(p, fs, 3, seed=11, temperature=0.9)
     big_codes = np.random.RandomState(0).randint(0, K, size=(2, 6, 5)).astype("int32")
     work = tmp_path / "work"
@@ -72,8 +81,21 @@ def test_two_stage_saved_model_serves_python_results_and_survives_bad_requests(t
     assert "codes must be in [0, 16) (codebook_size=16)" in errors["codes_too_large"]
     assert "[min, max] =] [16] [16]" in errors["codes_too_large"]
     assert "codes must be in [0, 16)" in errors["negative_code"]
-    assert "num_samples must be > 0" in errors["zero_samples"]
+    bound = "must be in [1, 3] {} (max_num_samples=3, set at export), got]"
+    assert f"num_samples {bound.format('images')} [0]" in errors["zero_samples"]
+    assert f"num_samples {bound.format('images')} [20000]" in errors["too_many_samples"]
     assert errors["float_codes"] is not None
+    # Empty or 0x0 grids: a named error (was "Incompatible shapes" from inside the decoder).
+    assert f"codes {bound.format('grids')} [0]" in errors["no_grids"]
+    assert "codes must hold grids of at least 1x1 codes, got shape] [1 0 0]" in errors["empty_grid"]
+    assert "at least 1x1 codes, got shape] [2 0 5]" in errors["grid_without_rows"]
+    assert "codes must have shape [n, ?, ?], got shape] [3 3]" in errors["decode_rank"]
+    assert f"codes {bound.format('grids')} [4]" in errors["too_many_grids"]
+    h, w, size = p.image_height, p.image_width, fs.image_height
+    assert (f"images must have shape [n, {size}, {size}, 3], got shape] [1 5 5 3]"
+            in errors["encode_wrong_size"])
+    assert f"codes must have shape [n, {h}, {w}], got shape] [1 3 4]" in errors["log_prob_wrong_grid"]
+    assert "Incompatible shapes" not in json.dumps(errors)
     served = np.load(work / "served.npz")
     np.testing.assert_array_equal(served["codes"], codes)
     np.testing.assert_array_equal(served["images"], images)
