@@ -37,7 +37,10 @@ def define_flags():
         "instead of the model directory's latest.")
     define("string", "export_dir", None, "Directory of the SavedModel to write.")
     define("boolean", "jit_compile", True, "Compile the exported sampling loop with XLA.")
-    define("boolean", "overwrite", False, "Replace an existing non-empty --export_dir.")
+    define("boolean", "overwrite", False, "Replace an existing non-empty --export_dir "
+           "(atomically: the new export is written beside it and swapped in).")
+    define("integer", "max_num_samples", None, "Most images one SavedModel request may "
+           "sample, complete or score (more is refused by name); default 64.")
 
 
 def main(argv):
@@ -56,6 +59,9 @@ def main(argv):
         raise app.UsageError(f"--export_dir={FLAGS.export_dir} is a file, not a directory.")
     if os.path.isdir(FLAGS.export_dir) and os.listdir(FLAGS.export_dir) and not FLAGS.overwrite:
         raise app.UsageError(f"--export_dir={FLAGS.export_dir} is not empty (pass --overwrite).")
+    if FLAGS.max_num_samples is not None and FLAGS.max_num_samples < 1:
+        raise app.UsageError(f"--max_num_samples must be >= 1, got {FLAGS.max_num_samples}.")
+    limits = {} if FLAGS.max_num_samples is None else {"max_num_samples": FLAGS.max_num_samples}
 
     from t2t_image.cli import errors
 
@@ -72,14 +78,14 @@ def main(argv):
     if first_stage is not None:
         try:
             export_two_stage_saved_model(model, first_stage, FLAGS.export_dir,
-                                         jit_compile=FLAGS.jit_compile)
+                                         jit_compile=FLAGS.jit_compile, **limits)
         except ValueError as e:  # the two stages do not fit together
             raise app.UsageError(f"--first_stage_dir={first_stage_dir}: {e}") from e
         print(f"Exported the two-stage model {source} + {first_stage_dir} to "
               f"{FLAGS.export_dir} (endpoints: sample, decode, encode, log_prob, "
               "serving_default)")
         return
-    export_saved_model(model, FLAGS.export_dir, jit_compile=FLAGS.jit_compile)
+    export_saved_model(model, FLAGS.export_dir, jit_compile=FLAGS.jit_compile, **limits)
     print(f"Exported {type(model).__name__} from {source} to {FLAGS.export_dir} "
           "(endpoints: sample, complete, log_prob, serving_default)")
 

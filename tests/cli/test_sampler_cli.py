@@ -93,6 +93,19 @@ def test_sampler_usage_errors_and_exporter(tmp_path, model_dir):
                     f"--export_dir={tmp_path / 'export'}", cwd=tmp_path)
     assert proc.returncode != 0 and "--overwrite" in proc.stderr
     assert "Traceback" not in proc.stderr
+    # --overwrite replaces the export (atomically), here with a per-request bound of 1 image.
+    proc = run_tool("t2t-image-exporter", f"--model_dir={folder}", "--overwrite",
+                    "--max_num_samples=1", f"--export_dir={tmp_path / 'export'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = tf.saved_model.load(str(tmp_path / "export"))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=re.escape("num_samples must be in [1, 1] images (max_num_samples=1")):
+        loaded.sample(num_samples=tf.constant(2), temperature=tf.constant(1.0),
+                      seed=tf.constant(0, tf.int64), labels=tf.constant(labels))
+    got = loaded.log_prob(images=tf.constant(images[:1]), labels=tf.constant(labels[:1]))
+    np.testing.assert_allclose(got["log_prob"].numpy(), np.asarray(
+        model.log_prob({"targets": images[:1], "labels": labels[:1]})), rtol=1e-5)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".export")]
 
 
 def write_npz(path, array):
@@ -232,6 +245,7 @@ def test_flags_are_checked_against_the_loaded_model(model_dir):
     (["--export_dir=full.png"], "--export_dir=full.png is a file"),
     (["--export_dir=out", "stray"], "unexpected arguments"),
     (["--export_dir=out", "--model_dir=no_model"], "--model_dir=no_model has no model.keras"),
+    (["--export_dir=out", "--max_num_samples=0"], "--max_num_samples must be >= 1, got 0"),
 ])
 def test_exporter_usage_errors(in_folder, args, message):
     from absl import flags
