@@ -371,6 +371,33 @@ def print_table(run):
               f" | {note} |")
 
 
+def summary(run):
+    """Lines under the table: 64x64 vs 32x32 time per position, and the issue's goals."""
+    lines = []
+    for part in ("train", "sample"):
+        points = {r["image"]: r["seconds"] / r["positions"] for r in run.rows
+                  if r["part"] == part and r["model"] == SAMPLING_MODEL and "seconds" in r
+                  and r["batch"] == (run.args.batches if part == "train"
+                                     else run.args.sample_batches)[0]
+                  and r["precision"] == run.args.precisions[0]}
+        if len(points) == 2:
+            small, big = sorted(points)
+            lines.append(f"{part}: time per position at {big}x{big} is "
+                         f"{points[big] / points[small]:.2f}x that at {small}x{small}")
+    if run.args.tiny:
+        return lines  # the goals are about the real models
+    mfus = [r["mfu"] for r in run.rows if r["part"] == "train" and "mfu" in r
+            and r["model"] == SAMPLING_MODEL and r["precision"] == "bf16"]
+    if mfus:
+        lines.append(f"goal: bf16 MFU of the 12-layer model >= 40% at its best batch size: "
+                     f"{100 * max(mfus):.1f}%")
+    rates = [r["images_per_s"] for r in run.rows if r["part"] == "sample" and "seconds" in r
+             and r["image"] == 32]
+    if rates:
+        lines.append(f"goal: cached sampling >= 50 images/s at 32x32: best {max(rates):.1f}")
+    return lines
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true",
@@ -417,6 +444,8 @@ def main(argv=None):
     run = run_all(args)
     print()
     print_table(run)
+    for line in summary(run):
+        print(f"# {line}")
     if args.json:
         print(f"# wrote {args.json}")
     return run

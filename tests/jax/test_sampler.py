@@ -127,3 +127,21 @@ def test_sliding_window_at_training_size_equals_sample_and_grows():
 
 def test_backend_is_jax():
     assert keras.backend.backend() == "jax"
+
+
+def test_code_prior_and_two_stage_sampling_run_under_jax():
+    from t2t_image.two_stage import sample_two_stage
+    from tests.two_stage.test_sampler import K
+    from tests.two_stage.test_sampler import first_stage
+    from tests.two_stage.test_sampler import prior
+
+    p, fs = prior(), first_stage()
+    p.output_layer.kernel.assign(p.output_layer.kernel * 20.0)
+    codes = sample(p, 2, seed=7, top_k=5)
+    np.testing.assert_array_equal(codes, reference_sample(p, 2, seed=7, top_k=5))
+    images, grid = sample_two_stage(p, fs, 2, seed=7, top_k=5)
+    np.testing.assert_array_equal(grid, codes[..., 0])
+    assert images.shape == (2, 8, 8, 3) and 0 <= images.min() and images.max() <= 255
+    images, grid = sample_two_stage(p, fs, 2, height=6, width=6, seed=3)  # sliding window
+    np.testing.assert_array_equal(grid, sample_sliding_window(p, 2, 6, 6, seed=3)[..., 0])
+    assert grid.shape == (2, 6, 6) and grid.max() < K and images.shape == (2, 12, 12, 3)
