@@ -247,12 +247,15 @@ class Trainer:
         """What a checkpoint holds besides the step (subclasses add their objects)."""
         return {"model": self.model, "optimizer": self.optimizer}
 
-    def restore(self, checkpoint_path=None, required=False, data_iterator=True):
+    def restore(self, checkpoint_path=None, required=False, data_iterator=True,
+                saved_optimizer=None):
         """Restores the given checkpoint, or the newest readable one in model_dir; returns its path.
 
         ``required``: raise ``run_guard.CheckpointNotFoundError`` when there is
         none (evaluation never scores freshly initialised weights).
         ``data_iterator=False`` restores everything but the data position.
+        ``saved_optimizer``: the object to read the checkpoint's optimizer into,
+        when it was saved by another kind of optimizer (precision changes).
         Unreadable or non-finite checkpoints are skipped (``run_guard.restore_run``).
         """
         self.build()
@@ -262,10 +265,17 @@ class Trainer:
             if path:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
         else:
-            checkpoint = self.checkpoint if data_iterator else tf.train.Checkpoint(
-                step=self.step, **self._checkpoint_objects())
+            checkpoint = self.checkpoint
+            partial = not data_iterator or saved_optimizer is not None
+            if partial:
+                objects = self._checkpoint_objects()
+                if saved_optimizer is not None:
+                    objects["optimizer"] = saved_optimizer
+                if data_iterator and hasattr(self.checkpoint, "data_iterator"):
+                    objects["data_iterator"] = self.checkpoint.data_iterator
+                checkpoint = tf.train.Checkpoint(step=self.step, **objects)
             path = run_guard.restore_run(checkpoint, self.manager, self.model.weights,
-                                         checkpoint_path, partial=not data_iterator)
+                                         checkpoint_path, partial=partial)
         if path is None and required:
             raise run_guard.CheckpointNotFoundError(
                 f"no checkpoint to evaluate in {self.manager.directory} "
@@ -301,21 +311,29 @@ class Trainer:
         return {"batch_size": self.global_batch_size, "precision": self.precision or "float32",
                 "dataset": dataset}
 
-    def _resume_keeps_data_position(self):
-        """Compares this run's settings with the checkpoints'; False: start a new data order."""
+    def _resume_plan(self):
+        """Compares this run's settings with the checkpoints': what ``restore`` must adapt.
+
+        Returns:
+            ``(keep the data position, the optimizer view to restore into or None)``.
+        """
         changes = run_guard.run_settings_changes(self.model_dir, self._run_settings())
-        if "precision" in changes and "mixed_float16" in changes["precision"]:
-            old, new = changes["precision"]
-            raise run_guard.CheckpointMismatchError(
-                f"precision={new!r} cannot resume the checkpoints of {self.model_dir}, trained "
-                f"with precision={old!r} (the loss-scale optimizer state differs); use "
-                f"precision={old!r} or a new --model_dir.")
         for name, (old, new) in changes.items():
             logging.warning("Resuming %s with %s=%r; its checkpoints were trained with %r.%s",
                             self.model_dir, name, new, old,
                             " The training data order restarts from the beginning."
                             if name in ("batch_size", "dataset") else "")
-        return not ({"batch_size", "dataset"} & set(changes))
+        saved_optimizer = None
+        old, new = changes.get("precision", (None, None))
+        if "mixed_float16" in (old, new):  # a loss-scale optimizer wraps Adam on one side
+            if self._jax is not None:
+                raise run_guard.CheckpointMismatchError(
+                    f"precision={new!r} cannot resume the checkpoints of {self.model_dir}, "
+                    f"trained with precision={old!r}; use precision={old!r}.")
+            # Adam's state carries over; the loss scale starts afresh.
+            saved_optimizer = (self.optimizer.inner_optimizer if new == "mixed_float16"
+                               else tf.train.Checkpoint(inner_optimizer=self.optimizer))
+        return not ({"batch_size", "dataset"} & set(changes)), saved_optimizer
 
     # ------------------------------------------------------------------- steps
     def _per_example_nll(self, features, training):
@@ -473,7 +491,8 @@ class Trainer:
         self.checkpoint.data_iterator = iterator
         if self.is_chief:  # train() holds the model_dir lock: no save is in progress
             run_guard.remove_partial_checkpoints(self.manager.directory)
-        self.restore(data_iterator=self._resume_keeps_data_position())
+        keep_data_position, saved_optimizer = self._resume_plan()
+        self.restore(data_iterator=keep_data_position, saved_optimizer=saved_optimizer)
         train_step = self._make_train_step()
         train_writer, _ = self._summary_writers()
         if self.is_chief:
@@ -643,11 +662,14 @@ class Trainer:
             return self._average_npz_checkpoints(paths)
         total = None
         reader = tf.train.Checkpoint(model=self.model)
+        safe = run_guard.checkpoint_files.glob_safe_prefix  # a model_dir name may hold "["
         for path in paths:
-            reader.read(path).expect_partial()
+            with safe(path) as readable:
+                reader.read(readable).expect_partial()
             weights = [np.asarray(w, np.float64) for w in self.model.get_weights()]
             total = weights if total is None else [t + w for t, w in zip(total, weights)]
-        self.checkpoint.restore(paths[-1]).expect_partial()
+        with safe(paths[-1]) as readable:
+            self.checkpoint.restore(readable).expect_partial()
         self.model.set_weights([t / len(paths) for t in total])
         manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(self.model_dir, "averaged"), max_to_keep=1,
