@@ -1,6 +1,7 @@
 """Loading a model directory: model.keras, or model_config.json + TF checkpoints."""
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -93,3 +94,40 @@ def test_tf_checkpoints_hold_every_weight(tmp_path, encoder):
     path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
     saved = [n for n, _ in tf.train.list_variables(path) if n.startswith("model/")]
     assert len(saved) == len(model.weights)
+
+
+@pytest.mark.parametrize("folder", ["plain", "lr[0.1]"])
+def test_damaged_checkpoints_fall_back_for_the_sampler_and_exporter(tmp_path, folder):
+    """The loader the sampler and exporter share (issue 16): a "[" in the folder name, no
+    state file, a truncated newest shard, NaN weights, nothing readable at all."""
+    from t2t_image.training.checkpoint_files import CheckpointNotFoundError
+
+    model_dir = tmp_path / folder
+    model_dir.mkdir()
+    model = tiny()
+    saved = trainer_dir(model_dir, model, steps=(10, 20, 30))
+    ckpt_dir = model_dir / "checkpoints"
+    (ckpt_dir / "checkpoint").unlink()  # the state file is gone: found by listing
+    loaded, source = load_model(str(model_dir))
+    assert source == saved[30][0]
+    np.testing.assert_allclose(outputs(loaded), saved[30][1], atol=1e-6)
+    data = ckpt_dir / "ckpt-30.data-00000-of-00001"
+    with open(data, "r+b") as f:
+        f.truncate(data.stat().st_size // 2)
+    loaded, source = load_model(str(model_dir))
+    assert source == saved[20][0]
+    np.testing.assert_allclose(outputs(loaded), saved[20][1], atol=1e-6)
+    # ckpt-20 made to hold NaN weights (as a diverged run wrote before issue 16).
+    for w in model.weights:
+        w.assign(w * np.nan)
+    tf.train.Checkpoint(model=model, step=tf.Variable(0, dtype=tf.int64)).write(
+        saved[20][0].replace("ckpt-20", "nan-tmp"))
+    for ext in ("index", "data-00000-of-00001"):
+        os.replace(ckpt_dir / f"nan-tmp.{ext}", ckpt_dir / f"ckpt-20.{ext}")
+    loaded, source = load_model(str(model_dir))
+    assert source == saved[10][0]
+    np.testing.assert_allclose(outputs(loaded), saved[10][1], atol=1e-6)
+    os.remove(ckpt_dir / "ckpt-10.data-00000-of-00001")
+    with pytest.raises(CheckpointNotFoundError,
+                       match=r"ckpt-30\.data-00000-of-00001: .*ckpt-20: .*NaN"):
+        load_model(str(model_dir))
