@@ -230,3 +230,28 @@ def test_evaluation_stopped_by_a_signal_writes_no_results(tmp_path, trained_tiny
     assert proc.returncode == 143, text[-3000:]
     assert "Stopped the evaluation; eval_results.json was not written." in text, text[-3000:]
     assert (results.read_bytes() if results.exists() else None) == before
+
+
+def test_first_stage_trainer_stops_with_a_checkpoint_on_sigterm(tmp_path):
+    """The VQGAN first stage (gin/tiny_vq.gin) shares the loop: SIGTERM saves its step."""
+    model_dir = tmp_path / "vq"
+    ckpt_dir = str(model_dir / "checkpoints")
+    log_path = tmp_path / "vq.log"
+    trainer = "t2t_image.FirstStageTrainer"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "t2t_image.cli.trainer", "--gin_file=gin/tiny_vq.gin",
+             f"--model_dir={model_dir}", f"--gin_param={trainer}.num_train_steps=100000",
+             f"--gin_param={trainer}.checkpoint_every=1000", f"--gin_param={trainer}.log_every=1",
+             f"--gin_param={trainer}.eval_every=0", f"--gin_param={trainer}.sample_every=0"],
+            cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=log,
+            stderr=subprocess.STDOUT)
+    try:
+        wait_for(proc, log_path, r"step 3/")
+        proc.send_signal(signal.SIGTERM)
+        text = stop(proc, log_path)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, text[-3000:]
+    step, _ = stopped_line(text, "SIGTERM", ckpt_dir)
+    assert step >= 3
