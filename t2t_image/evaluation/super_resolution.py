@@ -17,6 +17,8 @@ import os
 import keras
 import numpy as np
 
+from t2t_image.training.preemption import raise_if_stop_requested
+
 DEFAULT_TEMPERATURES = (1.0, 0.9, 0.8)
 
 
@@ -366,6 +368,8 @@ def evaluate_super_resolution(
     for i, batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
+        # SIGINT/SIGTERM (t2t_image.training.preemption): stop between batches, write nothing.
+        raise_if_stop_requested("Stopped the super-resolution evaluation; nothing was written.")
         features = _features(batch)
         total.add(features)
         if sample_fn is None or i >= sample_batches:

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from t2t_image.ops import gan_losses
 from t2t_image.ops.image_metrics import psnr
+from t2t_image.training import preemption
 from t2t_image.training.trainer import Trainer
 
 DISCRIMINATOR_LOSSES = ("hinge", "vanilla")
@@ -311,6 +312,8 @@ class FirstStageTrainer(Trainer):
 
         totals = None
         for batch in distributed_dataset:
+            preemption.raise_if_stop_requested(
+                "Stopped the evaluation; eval_results.json was not written.")
             out = {k: np.asarray(v, np.float64) for k, v in eval_step(batch).items()}
             totals = out if totals is None else {k: totals[k] + out[k] for k in totals}
         if totals is None or totals["count"] == 0:
@@ -333,6 +336,7 @@ class FirstStageTrainer(Trainer):
         import os
 
         from t2t_image.sampling import image_grid, write_image_grid
+        from t2t_image.sampling.grids import VIEWABLE_TILE
 
         if not self.is_chief or self.eval_dataset is None:
             return
@@ -340,10 +344,10 @@ class FirstStageTrainer(Trainer):
         targets = batch["targets"][: self.num_samples]
         rec = to_uint8_images(self.model({"targets": targets}, training=False)["reconstruction"])
         images = np.concatenate([np.asarray(targets, np.int32), np.asarray(rec)], axis=0)
-        grid = image_grid(images, num_columns=len(targets))
+        grid = image_grid(images, num_columns=len(targets), min_tile_size=VIEWABLE_TILE)
         _, eval_writer = self._summary_writers()
         with eval_writer.as_default(step=step):
             tf.summary.image("reconstructions", grid[None], max_outputs=1)
         eval_writer.flush()
         write_image_grid(os.path.join(self.model_dir, "samples", f"step_{step}.png"), images,
-                         num_columns=len(targets))
+                         num_columns=len(targets), min_tile_size=VIEWABLE_TILE)
