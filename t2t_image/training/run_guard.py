@@ -359,11 +359,13 @@ def check_finite_weights(variables, step, checkpoint_dir):
     """
     bad = checkpoint_files.non_finite_tensors(variables)
     if bad:
+        latest = latest_complete_checkpoint(checkpoint_dir)
         raise NonFiniteWeightsError(
             f"{bad} weight tensors are NaN or infinite after step {step}; stopping without "
-            f"saving them. The last checkpoint with finite weights is "
-            f"{latest_complete_checkpoint(checkpoint_dir)}: lower the learning rate or set "
-            "clip_gradient_norm, then resume from it.")
+            "saving them. "
+            + (f"The last checkpoint with finite weights is {latest}: " if latest else
+               f"No checkpoint was saved in {checkpoint_dir} yet: ")
+            + "lower the learning rate or set clip_gradient_norm, then start again.")
 
 
 def restore_run(checkpoint, manager, variables, path=None, partial=False):

@@ -76,6 +76,19 @@ def test_tools_refuse_a_model_dir_without_checkpoints(tmp_path):
     assert not (tmp_path / "grid.png").exists()
 
 
+def test_exploding_weights_stop_the_cli_in_one_line_without_saving(tmp_path):
+    """learning_rate=1e40, a checkpoint every step: ckpt-1 used to hold 15 NaN tensors and
+    be named "last good"; the sampler then wrote all-255 images."""
+    model_dir = tmp_path / "run"
+    proc = run_trainer(model_dir, NO_EVAL, "--gin_param=t2t_image.Trainer.learning_rate=1e40",
+                       "--gin_param=t2t_image.Trainer.checkpoint_every=1", steps=3)
+    stderr = _one_line_error(proc)
+    assert "weight tensors are NaN or infinite after step 1" in stderr
+    assert f"No checkpoint was saved in {model_dir}/checkpoints yet" in stderr
+    ckpt_dir = model_dir / "checkpoints"
+    assert not ckpt_dir.exists() or not [n for n in os.listdir(ckpt_dir) if ".index" in n]
+
+
 @pytest.mark.parametrize("flag", ["output", "npz"])
 def test_sampler_unwritable_output_fails_before_sampling(tmp_path, flag):
     args = {"output": "/proc/nope/x.png", "npz": "/proc/nope/x.npz"}
