@@ -205,8 +205,8 @@ class TrainingGuard:
         if self._handler is not None:
             # Every worker polls; the handler saves at the step all workers agreed on and
             # then calls _exit_fn, which raises Preempted.
+            self._step = step  # named by exit_fn's Preempted
             self._handler.save_checkpoint_if_preempted(checkpoint_number=step)
-            self._step = step
             return
         signum = self.signals.signum
         if signum is None:
