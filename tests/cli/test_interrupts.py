@@ -255,3 +255,36 @@ def test_first_stage_trainer_stops_with_a_checkpoint_on_sigterm(tmp_path):
     assert proc.returncode == 143, text[-3000:]
     step, _ = stopped_line(text, "SIGTERM", ckpt_dir)
     assert step >= 3
+
+
+def test_multi_worker_sigterm_goes_through_tf_preemption_handler(tmp_path):
+    """strategy="multi_worker" on a one-worker cluster (TF_CONFIG): TF's
+    PreemptionCheckpointHandler picks the step, saves it and the trainer exits 143.
+    (A real several-worker cluster is not tested here.)"""
+    import json
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    tf_config = {"cluster": {"worker": [f"localhost:{port}"]},
+                 "task": {"type": "worker", "index": 0}}
+    model_dir = tmp_path / "mw"
+    log_path = tmp_path / "mw.log"
+    cmd = [sys.executable, "-m", "t2t_image.cli.trainer", "--gin_file=gin/tiny.gin",
+           f"--model_dir={model_dir}", "--gin_param=t2t_image.Trainer.eval_dataset_fn=None",
+           "--gin_param=t2t_image.Trainer.strategy='multi_worker'",
+           *gin_params(num_train_steps=100_000, checkpoint_every=1000, log_every=1)]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONPATH=REPO,
+                                         TF_CONFIG=json.dumps(tf_config)))
+    try:
+        wait_for(proc, log_path, r"step 5/")
+        proc.send_signal(signal.SIGTERM)
+        text = stop(proc, log_path)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, text[-3000:]
+    assert "PreemptionCheckpointHandler: checkpoint saved" in text
+    stopped_line(text, "SIGTERM", str(model_dir / "checkpoints"))
