@@ -116,8 +116,9 @@ def with_shape_checks(fn, signature):
         model a wrong shape.
     """
     def checked(*args):
+        # A spec of unknown rank is already open: its function checks it itself.
         checks = [shape_check(spec.name, value, spec.shape)
-                  for spec, value in zip(signature, args)]
+                  for spec, value in zip(signature, args) if spec.shape.rank is not None]
         shaped = []
         with tf.control_dependencies(checks):
             for spec, value in zip(signature, args):

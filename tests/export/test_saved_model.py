@@ -282,3 +282,21 @@ def test_eager_endpoints_check_values_too():
     with pytest.raises(tf.errors.InvalidArgumentError, match="num_prefix_rows"):
         complete_fn(tf.zeros([2, 2, 2, 3], tf.uint8), tf.constant(3), tf.constant(1.0), seed,
                     labels)
+
+
+def test_shape_checks_name_the_input_and_pass_open_specs_through():
+    from t2t_image.export.saved_model import with_shape_checks
+
+    def fn(images, labels):
+        assert images.shape.as_list() == [None, 2, 2, 3]  # The static shape is restored.
+        return {"n": tf.shape(images)[0] + tf.shape(labels)[0]}
+
+    checked, signature = with_shape_checks(fn, [
+        tf.TensorSpec([None, 2, 2, 3], tf.uint8, "images"),
+        tf.TensorSpec(None, tf.int32, "labels")])  # Already open (e.g. from another endpoint).
+    assert [spec.shape.rank for spec in signature] == [None, None]
+    traced = tf.function(checked, input_signature=signature)
+    assert int(traced(tf.zeros([3, 2, 2, 3], tf.uint8), tf.zeros([5, 7], tf.int32))["n"]) == 8
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"images must have shape \[n, 2, 2, 3\], got shape\] \[3 2 3 3\]"):
+        traced(tf.zeros([3, 2, 3, 3], tf.uint8), tf.zeros([3], tf.int32))
