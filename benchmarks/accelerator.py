@@ -343,7 +343,7 @@ def print_table(run):
     h = run.header
     print(f"# {h['device']} ({h['platform']}, {h['num_devices']} device(s)); python "
           f"{h['python']}, jax {h['jax']}, keras {h['keras']}; f32 matmul precision: "
-          f"{h['f32_matmul_precision'].replace('None', 'JAX default')}; "
+          f"{h['f32_matmul_precision'].replace('None', 'JAX default (TF32 on recent GPUs)')}; "
           f"{run.elapsed():.0f} s in all")
     print("| part | model | precision | batch | image | s/step or s/batch | compile s "
           "| images/s | us/position | model TFLOP | achieved TFLOP/s | peak TFLOP/s | MFU "
