@@ -243,7 +243,8 @@ class Run:
         """Runs ``fn()`` into ``row`` unless the budget is spent; errors become the row's note."""
         left = self.args.budget_s - self.elapsed()
         if left < self.args.row_reserve_s:
-            row["skipped"] = f"time budget: {left:.0f} s of {self.args.budget_s:.0f} s left"
+            row["skipped"] = (f"time budget: {max(left, 0):.0f} s of "
+                              f"{self.args.budget_s:.0f} s left")
         else:
             try:
                 row.update(fn())
