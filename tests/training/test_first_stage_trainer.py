@@ -350,7 +350,7 @@ def _psnr(a, b):
 def test_training_improves_psnr_and_eval_matches_recomputation(tmp_path, npz):
     trainer = _trainer(tmp_path, npz, dict(dead_code_threshold=0.1), num_train_steps=40,
                        log_every=40, checkpoint_every=40)
-    before = trainer.evaluate()
+    before = trainer.evaluate(initial_weights=True)  # the untrained baseline
     results = trainer.train()
     assert results["step"] == 40 and results["num_examples"] == 20
     assert results["psnr"] > before["psnr"] + 3.0, (before, results)  # about 8 -> 14 dB
