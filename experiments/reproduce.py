@@ -28,7 +28,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RETRIES = 0  # --retries: rerun a failed trainer subprocess after a minute
-STUDIES = ("block_length", "cat_vs_dmol", "conditional", "local_1d_vs_2d",
+STUDIES = ("block_length", "block_length_long", "cat_vs_dmol", "conditional", "local_1d_vs_2d",
            "super_resolution", "two_stage")
 
 
@@ -150,6 +150,16 @@ def study_block_length(ctx):
     runs = [pixel_run(ctx, f"block{b}", seed, block_length=b)
             for b in lengths for seed in ctx.s["seeds"]]
     ctx.plot_curves("block_length", runs, key=lambda r: r["name"])
+    return {"runs": runs, "groups": ctx.summarise(runs)}
+
+
+def study_block_length_long(ctx):
+    """The block-length extremes (8 and 256) trained four times longer, one seed."""
+    ctx.s = dict(ctx.s, steps=4 * ctx.s["steps"], eval_every=4 * ctx.s["eval_every"])
+    lengths = (8, 256) if not ctx.smoke else (8, 16)
+    runs = [pixel_run(ctx, f"block{b}", seed, block_length=b)
+            for b in lengths for seed in ctx.s["comparison_seeds"]]
+    ctx.plot_curves("block_length_long", runs, key=lambda r: r["name"])
     return {"runs": runs, "groups": ctx.summarise(runs)}
 
 
@@ -425,6 +435,8 @@ PAPER = {
     "block_length": ("Table 4 (CIFAR-10 test, 1D local, categorical, 8 layers): block length "
                      "8: 4.06, 16: 3.47, 64: 3.13, 256: 2.99 bits/dim; the 12-layer block-256 "
                      "model: 2.90.", ["block256", "block64", "block16", "block8"]),
+    "block_length_long": ("As block_length: longer blocks should win once the model uses "
+                          "long-range context.", ["block256", "block8"]),
     "cat_vs_dmol": ("Table 4 / Section 5.1: 2.90 bits/dim on CIFAR-10 'using either DMOL or "
                     "categorical' (DMOL: 14 layers, d 256; categorical: 12 layers, d 512).",
                     None),
@@ -448,6 +460,8 @@ PAPER = {
 SETUP = {
     "block_length": "1D local attention, categorical; query block = memory extension = the "
                     "block length in sub-pixel positions of the 16x48 sub-pixel grid.",
+    "block_length_long": "As block_length, block lengths 8 and 256 only, 4x the steps (1,200), "
+                         "one seed: does the short block's early lead last?",
     "cat_vs_dmol": "Categorical: 256-way softmax per sub-pixel, block 192 sub-pixels (4 image "
                    "rows); DMOL: 10 logistics per pixel, block 64 pixels (the same 4 rows), "
                    "FFN widened so the parameter counts match (params below).",
@@ -461,6 +475,21 @@ SETUP = {
                         "(area-resized), 1D local decoder.",
     "two_stage": "VQ first stages (gin/tiny_vq.gin) with 16, 64 and 256 codes; a prior "
                  "over the 4x4 code grids of the largest.",
+}
+
+
+# Why an expected ordering may fail to appear at this scale (shown only when it does not).
+WHY_NOT = {
+    "block_length": "These models are far from the paper's regime (about 6 bits/dim against "
+                    "3): early in training they learn local statistics, which a short block "
+                    "fits with fewer, sharper attention weights; long-range context should "
+                    "pay off only later (block_length_long tests this).",
+    "block_length_long": "Even 1,200 steps of a 2-layer d-32 model stay in the local-"
+                         "statistics regime; the paper trained 8-layer d-512 models for "
+                         "hundreds of thousands of steps.",
+    "conditional": "The class embedding (times sqrt(d), T2T's) starts as a random offset of "
+                   "every position; at a few hundred steps it costs more than the class "
+                   "information (at most log2(10)/768 = 0.004 bits/dim for 16x16) can gain.",
 }
 
 
@@ -526,6 +555,8 @@ def write_report(out_root, smoke):
             trend = _trend(result, order)
             if trend:
                 lines += [trend, ""]
+                if "does NOT appear" in trend and study in WHY_NOT:
+                    lines += [f"Why (our reading): {WHY_NOT[study]}", ""]
         for table in result.get("tables", []):
             lines += table + [""]
         for note in result.get("notes", []):
