@@ -7,6 +7,12 @@ What a model directory ``D`` may hold, in the order they are tried:
    written by the trainer) plus a TF checkpoint of the model
    (``tf.train.Checkpoint(model=model, ...)``): the latest one in
    ``D/checkpoints/`` (the trainer's ``CheckpointManager``), else in ``D``.
+   Checkpoints are found by listing (any folder name, a missing or damaged
+   state file); an unreadable or non-finite newest one falls back to the next
+   newest with a warning naming the file (``checkpoint_files.restore_newest``).
+
+A prior of a two-stage model is decoded by exactly the first-stage checkpoint
+its ``first_stage.json`` records (verified by content fingerprint).
 
 ``--checkpoint`` overrides the choice: a ``.keras`` file, or a TF checkpoint
 prefix (e.g. ``D/checkpoints/ckpt-1000`` or ``D/averaged/ckpt-1000``) or a
