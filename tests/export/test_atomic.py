@@ -130,7 +130,9 @@ def test_overwrite_export_killed_at_the_renames_leaves_the_old_export_loadable(t
     pb_tmp = os.path.join(staging, "saved_model.pb.tmp" + "0" * 32)
     done = _run_child(target, 2, "-o", os.devnull, "-e", "trace=rename,renameat,renameat2",
                       "-P", pb_tmp, "-e", "inject=rename,renameat,renameat2:signal=KILL")
-    assert _killed(done), (done.returncode, done.stderr[-2000:])
+    assert _killed(done), ("the export was not stopped at the saved_model.pb rename; does "
+                           "TensorFlow still write saved_model.pb.tmp<uuid4 hex>?",
+                           done.returncode, done.stderr[-2000:])
     left = os.listdir(staging)
     assert "saved_model.pb" not in left and os.path.basename(pb_tmp) in left
     np.testing.assert_allclose(_log_prob(target, images), old, rtol=1e-6)
