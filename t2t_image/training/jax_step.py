@@ -178,6 +178,34 @@ class NpzCheckpoint:
         return _Restored()
 
 
+def restore_newest(checkpoint, manager, path=None, data_iterator=True):
+    """Restores ``path``, else the newest readable checkpoint of ``manager``; returns its path.
+
+    A checkpoint that cannot be read (truncated, corrupted) is skipped for the
+    next newest with a warning naming it; ``data_iterator=False`` keeps the
+    data position where it is.
+    """
+    iterator = checkpoint.data_iterator
+    if not data_iterator:
+        checkpoint.data_iterator = None
+    try:
+        if path:
+            checkpoint.restore(path)
+            return path
+        for candidate in reversed(manager.checkpoints):
+            try:
+                checkpoint.restore(candidate)
+            except ValueError as e:
+                if "cannot read the checkpoint" not in str(e):
+                    raise  # a checkpoint of another architecture: never skipped
+                logging.warning("Skipping an unreadable checkpoint: %s", e)
+                continue
+            return candidate
+        return None
+    finally:
+        checkpoint.data_iterator = iterator
+
+
 def _values(variables):
     return [v.value for v in variables]
 

@@ -7,6 +7,7 @@ for the same weights and batches (Keras fixes its backend at import):
     KERAS_BACKEND=tensorflow python3 tests/jax/cross_backend.py gradients WORK_DIR
     KERAS_BACKEND=tensorflow python3 tests/jax/cross_backend.py train WORK_DIR STEPS
     KERAS_BACKEND=tensorflow python3 tests/jax/cross_backend.py bits_per_dim MODEL_DIR NPZ
+    KERAS_BACKEND=tensorflow python3 tests/jax/cross_backend.py save_keras MODEL_DIR
 
 Nothing here imports TensorFlow unless the backend is TensorFlow.
 """
@@ -104,6 +105,13 @@ def bits_per_dim(model_dir, npz):
                       "source": source}))
 
 
+def save_keras(model_dir):
+    """Saves the model ``model_loading`` loads from ``model_dir`` as ``model_dir/model.keras``."""
+    from t2t_image.training.model_loading import load_model
+
+    load_model(model_dir)[0].save(os.path.join(model_dir, "model.keras"))
+
+
 if __name__ == "__main__":
-    {"gradients": gradients, "train": train, "bits_per_dim": bits_per_dim}[sys.argv[1]](
-        *sys.argv[2:])
+    {"gradients": gradients, "train": train, "bits_per_dim": bits_per_dim,
+     "save_keras": save_keras}[sys.argv[1]](*sys.argv[2:])

@@ -150,6 +150,14 @@ def test_fifty_steps_end_where_the_tf_run_ends(work):
     with np.load(work / "trained_jax.npz") as j, np.load(work / "trained_tensorflow.npz") as t:
         # Held-out bits/dim after 50 steps (measured difference: 6e-7).
         assert abs(float(j["bits_per_dim"]) - float(t["bits_per_dim"])) < 1e-5
+    # TF-trained weights load under JAX: TF saves the model as model.keras, JAX loads it.
+    _run_tf("save_keras", work / "run_tensorflow")
+    from t2t_image.training.model_loading import load_model
+
+    model, source = load_model(str(work / "run_tensorflow"))
+    assert source.endswith("model.keras")
+    for a, b in zip(model.get_weights(), tf_w):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(tmp_path, jax_run):
@@ -222,3 +230,20 @@ def test_model_variants_train_and_resume(tmp_path, variant):
     resumed.train()
     assert int(resumed.step.numpy()) == 3
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["ckpt-2.npz", "ckpt-3.npz"]
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, jax_run):
+    import shutil
+
+    from t2t_image.training import npz_checkpoints
+
+    run = tmp_path / "run"
+    shutil.copytree(jax_run, run)
+    newest = run / "checkpoints" / "ckpt-12.npz"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    out = subprocess.run(_trainer_cli(run, "--mode=eval"), cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(run / "eval_results.json") as f:
+        assert json.load(f)["step"] == 11
+    assert npz_checkpoints.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-12.npz")
