@@ -185,9 +185,6 @@ def _load_npz(model_dir, paths):
     raise CheckpointNotFoundError("no readable checkpoint: " + "; ".join(errors))
 
 
-FIRST_STAGE_FILE = "first_stage.json"
-
-
 def first_stage_record_of(model_dir):
     """What a prior's model_dir records about its first stage (``first_stage.json``), or None.
 
@@ -196,6 +193,8 @@ def first_stage_record_of(model_dir):
     ``first_stage_dir`` and, since issue 16, the exact ``checkpoint`` the
     codes came from, its ``step`` and content ``fingerprint``.
     """
+    from t2t_image.training.trainer import FIRST_STAGE_FILE
+
     if model_dir is None:
         return None
     path = os.path.join(model_dir, FIRST_STAGE_FILE)
@@ -260,6 +259,7 @@ def first_stage_checkpoint(record, first_stage_dir, model_dir=None):
     from absl import logging
 
     from t2t_image.training import checkpoint_files
+    from t2t_image.training.trainer import FIRST_STAGE_FILE
 
     if not record or not record.get("fingerprint"):
         if record:
