@@ -311,12 +311,40 @@ def is_chief():
 
 
 class SummaryWriter:
-    """TensorBoard scalars without TensorFlow (the ``tensorboard`` package's writer)."""
+    """TensorBoard scalars and images without TensorFlow (the ``tensorboard`` package)."""
 
     def __init__(self, logdir):
         import tensorboard.summary
 
+        self.logdir = logdir
         self._writer = tensorboard.summary.Writer(tensorboard.summary.DirectoryOutput(logdir))
+        self._events = None
+
+    def image(self, step, name, image):
+        """One uint8 ``[h, w, 3]`` image, stored as ``tf.summary.image`` stores it."""
+        import io
+        import time
+
+        from PIL import Image
+        from tensorboard.compat.proto import event_pb2
+        from tensorboard.compat.proto import summary_pb2
+        from tensorboard.plugins.image import metadata
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from tensorboard.util import tensor_util
+
+        png = io.BytesIO()
+        Image.fromarray(np.asarray(image, np.uint8)).save(png, format="PNG")
+        height, width = image.shape[:2]
+        value = summary_pb2.Summary.Value(
+            tag=name, metadata=metadata.create_summary_metadata(display_name=name,
+                                                                description=""),
+            tensor=tensor_util.make_tensor_proto([str(width).encode(), str(height).encode(),
+                                                  png.getvalue()]))
+        if self._events is None:
+            self._events = EventFileWriter(self.logdir)
+        self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                               summary=summary_pb2.Summary(value=[value])))
+        self._events.flush()
 
     def scalars(self, step, values):
         for name, value in values.items():

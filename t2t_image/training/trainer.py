@@ -720,8 +720,10 @@ class Trainer:
             logging.info("No sample grid at step %d: the sampler does not run under JAX "
                          "here (%s).", step, e)
             return
-        if self._jax is None:  # TensorBoard images need tf.summary; under JAX: the PNG only
-            _, eval_writer = self._summary_writers()
+        _, eval_writer = self._summary_writers()
+        if self._jax is not None:  # the tensorboard package's TF-free event writer
+            eval_writer.image(step, "samples", grid)
+        else:
             with eval_writer.as_default(step=step):
                 tf.summary.image("samples", grid[None], max_outputs=1)
             eval_writer.flush()
