@@ -299,6 +299,41 @@ class ImageTransformerBlock(keras.layers.Layer):
         x = self._sublayer("ffn", lambda y: self.ffn_output(self.ffn_hidden(y)), x, False)
         return x, new_cache
 
+    def prefill_cache(self, inputs, cache, position, outputs=True):
+        """The block's decoding cache (and outputs) from one pass over a known grid.
+
+        ``MultiHeadAttention.prefill_cache`` of the self-attention's input;
+        with ``outputs`` also the block's full-grid output (inference, as
+        ``call``), the next block's input. Decoder-only blocks (no
+        ``cross_attention``). Not in T2T (used by cached sliding-window
+        sampling).
+
+        Args:
+            inputs: float tensor `[batch, rows, cols, hidden_size]`.
+            cache: dict from ``init_cache``.
+            position: scalar int32 tensor, the next position ``call_step`` decodes.
+            outputs: bool (static); False skips everything after the projections.
+
+        Returns:
+            ``(outputs or None, cache)``.
+        """
+        if self.cross_attention:
+            raise ValueError("prefill_cache is for decoder-only blocks (cross_attention=False).")
+        new_cache = dict(cache)
+        pre_slots, _ = self._norm_slots["self_attention"]
+
+        def self_attention(y):
+            new_cache["self_attention"] = self.self_attention.prefill_cache(y, position)
+            return self.self_attention(y, training=False)
+
+        if not outputs:
+            y = self._process(self._pre, pre_slots, inputs, None, False)
+            new_cache["self_attention"] = self.self_attention.prefill_cache(y, position)
+            return None, new_cache
+        x = self._sublayer("self_attention", self_attention, inputs, False)
+        x = self._sublayer("ffn", lambda y: self.ffn_output(self.ffn_hidden(y)), x, False)
+        return x, new_cache
+
     def compute_output_shape(self, inputs_shape, memory_shape=None):
         return inputs_shape
 

@@ -349,6 +349,41 @@ class MultiHeadAttention(keras.layers.Layer):
         rows, cols = self._decoding_grid()
         return 2 * self.block_length if self._ring() else rows * cols
 
+    def prefill_cache(self, inputs, position):
+        """The decoding cache of a whole known grid, from one parallel projection.
+
+        The keys/values of every grid position of ``inputs`` in the layout of
+        ``init_cache``, as if positions ``0 .. position - 1`` of the generation
+        order had been decoded one by one with ``call_step``; entries of
+        later positions hold whatever ``inputs`` holds there and stay
+        invisible until ``call_step`` writes them. Used when the sliding
+        window moves (``t2t_image.sampling.sliding_window``): one pass over
+        the window instead of one step per known position. Not in T2T.
+
+        Args:
+            inputs: float tensor `[batch, rows, cols, depth]`, the attention's
+                input on the grid the layer was built for.
+            position: scalar int32 tensor, the raster index of the next
+                position ``call_step`` will decode.
+
+        Returns:
+            dict like ``init_cache``'s.
+        """
+        rows, cols = self._decoding_grid()
+        slots = self._cache_slots()
+
+        def project(dense):
+            x = dense(inputs)
+            x = self._split_heads(ops.reshape(x, (-1, rows * cols, x.shape[-1])))
+            if self._ring():
+                # Slot s holds the latest position <= `position` congruent to s (as in call_step).
+                position_ = ops.cast(position, "int32")
+                held = position_ - (position_ - ops.arange(slots, dtype="int32")) % slots
+                x = ops.take(x, ops.maximum(held, 0), axis=2)
+            return ops.cast(x, self.compute_dtype)
+
+        return {"key": project(self.key_dense), "value": project(self.value_dense)}
+
     def _step_heads(self, x):
         # [batch, channels] -> [batch, heads, 1, channels / heads]
         return ops.reshape(x, (-1, self.num_heads, 1, x.shape[-1] // self.num_heads))

@@ -542,6 +542,36 @@ class ImageTransformer(keras.Model):
             x = ops.cast(self.final_norm(x), self.compute_dtype)
         return ops.cast(self.output_layer(x), "float32"), new_cache
 
+    def prefill_cache(self, features, cache, position):
+        """Decoding caches of every block from one parallel pass over known targets.
+
+        Replaces the self-attention caches of ``cache`` (from ``init_cache``)
+        with those ``call_step`` would have built decoding the generation
+        order up to (not including) grid position ``position`` of
+        ``features["targets"]``; only those positions need to be known.
+        One full-grid pass without the output layer (and without the last
+        block's attention output and FFN). Used by cached sliding-window
+        sampling when its window moves. Decoder-only models. Not in T2T.
+
+        Args:
+            features: dict with ``targets`` `[batch, height, width, channels]`
+                and, for a class-conditional model, ``labels`` `[batch]`.
+            cache: dict from ``init_cache`` (or ``call_step``).
+            position: scalar int32 tensor, raster index on ``grid_shape`` of the
+                next position ``call_step`` decodes.
+
+        Returns:
+            The updated cache.
+        """
+        x = self.shift_and_embed(features["targets"], features.get("labels"))
+        new_cache = dict(cache)
+        new_cache["blocks"] = []
+        last = len(self.decoder_blocks) - 1
+        for i, (block, block_cache) in enumerate(zip(self.decoder_blocks, cache["blocks"])):
+            x, block_cache = block.prefill_cache(x, block_cache, position, outputs=i < last)
+            new_cache["blocks"].append(block_cache)
+        return new_cache
+
     # ------------------------------------------------------------ likelihoods
     def log_prob_from_logits(self, logits, targets):
         """Per-image log-likelihood in nats `[batch]` (float32) of integer targets."""

@@ -15,7 +15,11 @@ the model's ``query_shape`` and the offsets are snapped to the query-block
 grid (see ``sliding_window_plan``), so that everything the window's causal
 mask exposes has already been generated.
 
-Each step is a full forward pass of the window (like ``reference_sample``),
+By default the window's keys/values are cached: each time the window moves
+one parallel pass over it rebuilds the caches, then every position is one
+cached step (``cached_sliding_window_steps``); ``window_stride`` makes the
+window move less often. The reference (``cached=False``) runs a full
+forward pass of the window per step (like ``reference_sample``),
 inside one ``keras.ops.while_loop`` in one compiled function (a
 ``tf.function``, XLA by default, or ``jax.jit``: ``compiled.py``); values
 are drawn with the per-step seeds and the draw function of ``sample``
@@ -51,6 +55,24 @@ def _canvas_size(name, value, minimum, setting):
     return int(value)
 
 
+def _window_stride(value, h, w, height, width):
+    """``window_stride`` as (rows, cols), checked: ints in [1, training size]."""
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                             for v in pair) \
+            or not (1 <= pair[0] <= h and 1 <= pair[1] <= w):
+        raise ValueError(
+            f"window_stride must be an int or (rows, cols) with 1 <= rows <= image_height={h} "
+            f"and 1 <= cols <= image_width={w}, got window_stride={value!r}."
+        )
+    if (height - h) % pair[0] or (width - w) % pair[1]:
+        raise ValueError(
+            f"window_stride={value!r} must divide height - image_height={height - h} (rows) "
+            f"and width - image_width={width - w} (cols), got height={height}, width={width}."
+        )
+    return int(pair[0]), int(pair[1])
+
+
 def _window_offset(position, desired, size, canvas, multiple, prefer_lower):
     """Window start for ``position``: a multiple of ``multiple`` that keeps it inside.
 
@@ -70,7 +92,7 @@ def _window_offset(position, desired, size, canvas, multiple, prefer_lower):
     return int(candidates[np.argmin(np.abs(candidates - desired))])
 
 
-def sliding_window_plan(model, height, width):
+def sliding_window_plan(model, height, width, window_stride=(1, 1)):
     """The static schedule of sliding-window sampling on a ``height x width`` canvas.
 
     Step ``t`` generates position ``order[t]`` of the canvas grid (sub-pixels
@@ -102,6 +124,10 @@ def sliding_window_plan(model, height, width):
         model: an ``ImageTransformer``.
         height: int >= ``model.image_height``, canvas rows (pixels or codes).
         width: int >= ``model.image_width``, canvas columns.
+        window_stride: (rows, cols) in pixels: window offsets are also snapped
+            to multiples of these (default (1, 1): the formula above). A
+            larger stride moves the window less often, so the cached sampler
+            re-encodes it less often (``sample_sliding_window``).
 
     Returns:
         dict of NumPy int64 arrays, one entry per step: ``order`` (canvas grid
@@ -120,6 +146,7 @@ def sliding_window_plan(model, height, width):
     cat = model.likelihood == "cat"
     per_pixel = model.num_channels if cat else 1  # grid columns per pixel
     grid_cols = per_pixel * width
+    stride_rows, stride_cols = _window_stride(window_stride, h, w, height, width)
     row_multiple = col_multiple = 1
     if model.dec_attention_type == "local_2d":
         qh, qw = model.query_shape
@@ -142,6 +169,8 @@ def sliding_window_plan(model, height, width):
             )
     else:
         order = np.arange(height * grid_cols, dtype=np.int64)
+    row_multiple = math.lcm(row_multiple, stride_rows)
+    col_multiple = math.lcm(col_multiple, stride_cols)
     rows, grid_col = np.divmod(order, grid_cols)
     cols, channels = np.divmod(grid_col, per_pixel)
     # The window's top depends only on the row, its left only on the column.
@@ -152,7 +181,9 @@ def sliding_window_plan(model, height, width):
     if None in top_of_row or None in left_of_col:  # excluded by the checks above
         raise ValueError(
             f"no aligned {h}x{w} window covers every pixel of a {height}x{width} canvas "
-            f"(query_shape={model.query_shape})."
+            f"(query_shape={model.query_shape}, window_stride={window_stride}): offsets are "
+            f"multiples of {row_multiple} rows and {col_multiple} columns; choose a "
+            f"window_stride that divides height - image_height and width - image_width."
         )
     tops = np.asarray(top_of_row, np.int64)[rows]
     lefts = np.asarray(left_of_col, np.int64)[cols]
@@ -214,9 +245,103 @@ def sliding_window_steps(model, canvas, conditioning, seed, temperature, plan, s
     return canvas
 
 
+def cached_segments(model, plan):
+    """Splits the (kept) steps of a plan into runs decoded from one window cache.
+
+    A run is a maximal sequence of consecutive steps with the same window
+    whose positions follow each other in the window's own generation order
+    (raster, or block-raster for "local_2d"). Before a run the window's
+    caches are rebuilt by one parallel pass over the window
+    (``ImageTransformer.prefill_cache``): every position the run's first
+    step can see was generated before the run started. Inside a run every
+    step is one ``call_step``. Not in T2T.
+
+    Args:
+        model: an ``ImageTransformer``.
+        plan: dict of NumPy arrays (``sliding_window_plan``, possibly with
+            the prefix steps removed).
+
+    Returns:
+        ``(window_positions, starts)``: int64 `[S]`, each step's raster index
+        on the window grid; int64 `[R + 1]`, the first step of every run and
+        the number of steps.
+    """
+    h, w = model.image_height, model.image_width
+    per_pixel = model.num_channels if model.likelihood == "cat" else 1
+    window_cols = per_pixel * w
+    position = ((plan["rows"] - plan["tops"]) * window_cols
+                + (plan["cols"] - plan["lefts"]) * per_pixel + plan["channels"])
+    if len(position) == 0:
+        return position.astype(np.int64), np.zeros(1, np.int64)
+    rank = position
+    if model.dec_attention_type == "local_2d":
+        rank = np.argsort(block_raster_order(h, window_cols, model.query_shape))[position]
+    moved = (np.diff(plan["tops"]) != 0) | (np.diff(plan["lefts"]) != 0) | (np.diff(rank) != 1)
+    starts = np.concatenate([[0], np.nonzero(moved)[0] + 1, [len(position)]])
+    return position.astype(np.int64), starts.astype(np.int64)
+
+
+def cached_sliding_window_steps(model, canvas, cache, conditioning, seed, temperature, plan,
+                                start, stop, top_k=0):
+    """Runs runs ``[start, stop)`` of a plan with window caches (``cached_segments``).
+
+    Each run crops its window, rebuilds the decoding caches with one pass
+    over it (``prefill_cache``) and decodes its steps with ``call_step``,
+    drawing as ``sliding_window_steps`` does (same seeds, same positions),
+    so the canvas equals the uncached one up to float rounding of the
+    logits. Two nested ``keras.ops.while_loop``s.
+
+    Args:
+        model: a built decoder-only ``ImageTransformer``.
+        canvas: int32 `[batch, height, width, channels]`.
+        cache: the model's decoding cache (``init_cache``).
+        conditioning: dict of tensors (``labels``), maybe empty.
+        seed, temperature: as in ``sliding_window_steps``.
+        plan: dict of int32 tensors: ``steps``, ``rows``, ``cols``,
+            ``channels``, ``tops``, ``lefts``, ``positions`` `[S]` and
+            ``starts`` `[R + 1]`.
+        start: scalar int32 tensor, first run.
+        stop: scalar int32 tensor, one past the last run.
+        top_k: static int.
+
+    Returns:
+        ``(canvas, cache)`` after the runs.
+    """
+    h, w, c = model.image_height, model.image_width, model.num_channels
+    cat = model.likelihood == "cat"
+
+    def crop(canvas, k):
+        top, left = ops.take(plan["tops"], k), ops.take(plan["lefts"], k)
+        return ops.slice(canvas, (0, top, left, 0), (ops.shape(canvas)[0], h, w, c))
+
+    def step(k, canvas, cache):
+        out, cache = model.call_step(crop(canvas, k), cache, ops.take(plan["positions"], k))
+        y, x = ops.take(plan["rows"], k), ops.take(plan["cols"], k)
+        seed_k = step_seed(seed, ops.take(plan["steps"], k))
+        value = draw_values(model.likelihood, out, seed_k, temperature, top_k)
+        if cat:
+            value, begin = value[:, None, None, None], (0, y, x, ops.take(plan["channels"], k))
+        else:
+            value, begin = value[:, None, None, :], (0, y, x, 0)
+        return k + 1, ops.slice_update(canvas, begin, ops.cast(value, canvas.dtype)), cache
+
+    def run(r, canvas, cache):
+        first, end = ops.take(plan["starts"], r), ops.take(plan["starts"], r + 1)
+        cache = model.prefill_cache(dict(conditioning, targets=crop(canvas, first)), cache,
+                                    ops.take(plan["positions"], first))
+        _, canvas, cache = ops.while_loop(lambda k, canvas, cache: k < end, step,
+                                          (first, canvas, cache))
+        return r + 1, canvas, cache
+
+    _, canvas, cache = ops.while_loop(lambda r, canvas, cache: r < stop, run,
+                                      (start, canvas, cache))
+    return canvas, cache
+
+
 def sample_sliding_window(model, num_samples, height, width, *, seed=0, temperature=1.0,
                           top_k=None, labels=None, prefix=None, num_prefix_rows=0,
-                          jit_compile=True, progress=None, progress_chunks=32):
+                          jit_compile=True, progress=None, progress_chunks=32,
+                          window_stride=(1, 1), cached=True):
     """Samples a ``height x width`` canvas, larger than the training grid, with a sliding window.
 
     Every position (a code of a code prior; a sub-pixel or pixel of an image
@@ -236,7 +361,14 @@ def sample_sliding_window(model, num_samples, height, width, *, seed=0, temperat
     steps keep their seeds). Encoder-decoder models (``inputs``) are not
     supported: their conditioning image belongs to one training-size target.
 
-    Cost: one full forward pass of the window per position (no cache).
+    Cost (``cached=True``): one parallel pass over the window each time the
+    window moves (or the generation order leaves the window's own order),
+    which rebuilds the key/value caches (``cached_segments``), and one
+    cached step per position otherwise; ``window_stride`` makes the window
+    move less often (fewer passes; a different, equally valid placement).
+    ``cached=False`` (the reference): one full forward pass of the window
+    per position; both give the same canvas for the same seed (up to float
+    rounding of the logits, as between ``sample`` and ``reference_sample``).
 
     Esser et al. 2021, "Taming Transformers for High-Resolution Image
     Synthesis", Sec. 3.2 and Fig. 4 (sliding attention window); the
@@ -260,6 +392,11 @@ def sample_sliding_window(model, num_samples, height, width, *, seed=0, temperat
         progress: optional callable ``progress(steps_done, num_steps)``; the
             loop then runs in ``progress_chunks`` compiled chunks (same result).
         progress_chunks: int, number of chunks when ``progress`` is given.
+        window_stride: int or (rows, cols) in pixels: window offsets are
+            snapped to multiples of it (``sliding_window_plan``); must divide
+            ``height - image_height`` / ``width - image_width``.
+        cached: bool, reuse keys/values while the window stays (default) or
+            run the full window per position (the reference).
 
     Returns:
         NumPy array `[num_samples, height, width, channels]`: uint8 when the
@@ -275,32 +412,50 @@ def sample_sliding_window(model, num_samples, height, width, *, seed=0, temperat
             f"conditions one {model.image_height}x{model.image_width} target); got "
             f"{type(model).__name__}."
         )
-    plan = sliding_window_plan(model, height, width)
+    plan = sliding_window_plan(model, height, width, window_stride)
     args = check_sampling_args(model, num_samples, temperature, seed, labels, None, prefix,
                                num_prefix_rows, top_k, height=height, width=width)
     top_k = args["top_k"]
     ensure_built(model)
     keep = plan["rows"] >= args["num_prefix_rows"]  # prefix steps are skipped
     steps = np.nonzero(keep)[0]
-    plan = {name: ops.convert_to_tensor(plan[name][keep].astype(np.int32))
-            for name in ("rows", "cols", "channels", "tops", "lefts")}
-    plan["steps"] = ops.convert_to_tensor(steps.astype(np.int32))
+    plan = {name: plan[name][keep] for name in ("rows", "cols", "channels", "tops", "lefts")}
+    plan["steps"] = steps
+    total = len(steps)
+    if cached:
+        plan["positions"], plan["starts"] = cached_segments(model, plan)
+    plan = {name: ops.convert_to_tensor(value.astype(np.int32)) for name, value in plan.items()}
     shape = (args["num_samples"], int(height), int(width), model.num_channels)
     canvas = ops.convert_to_tensor(
         np.zeros(shape, np.int32) if args["prefix"] is None else args["prefix"])
     conditioning = {k: ops.convert_to_tensor(v) for k, v in conditioning_features(args).items()}
     seed = loop_seed(args["seed"])
     temperature = ops.convert_to_tensor(np.float32(args["temperature"]))
-    run = compiled(model, f"sliding_window/top_k={top_k}", jit_compile, lambda: (
-        lambda canvas, conditioning, seed, temperature, plan, start, stop: sliding_window_steps(
-            model, canvas, conditioning, seed, temperature, plan, start, stop, top_k)))
-    total = len(steps)
-    chunks = 1 if progress is None else max(1, min(int(progress_chunks), total))
-    bounds = np.linspace(0, total, chunks + 1).astype(int)
+    if cached:
+        starts = np.asarray(plan["starts"])
+        units = len(starts) - 1  # runs
+        cache = compiled(model, "init_cache", jit_compile, lambda: (
+            lambda canvas, conditioning: model.init_cache(ops.shape(canvas)[0], conditioning)))(
+            canvas, conditioning)
+        run = compiled(model, f"sliding_window_cached/top_k={top_k}", jit_compile, lambda: (
+            lambda canvas, cache, conditioning, seed, temperature, plan, start, stop:
+            cached_sliding_window_steps(model, canvas, cache, conditioning, seed, temperature,
+                                        plan, start, stop, top_k)))
+    else:
+        units = total
+        run = compiled(model, f"sliding_window/top_k={top_k}", jit_compile, lambda: (
+            lambda canvas, conditioning, seed, temperature, plan, start, stop:
+            sliding_window_steps(model, canvas, conditioning, seed, temperature, plan, start,
+                                 stop, top_k)))
+    chunks = 1 if progress is None else max(1, min(int(progress_chunks), units))
+    bounds = np.linspace(0, units, chunks + 1).astype(int)
     for start, stop in zip(bounds[:-1], bounds[1:]):
-        canvas = run(canvas, conditioning, seed, temperature, plan,
-                     ops.convert_to_tensor(np.int32(start)),
-                     ops.convert_to_tensor(np.int32(stop)))
+        start_, stop_ = (ops.convert_to_tensor(np.int32(b)) for b in (start, stop))
+        if cached:
+            canvas, cache = run(canvas, cache, conditioning, seed, temperature, plan, start_,
+                                stop_)
+        else:
+            canvas = run(canvas, conditioning, seed, temperature, plan, start_, stop_)
         if progress is not None:
-            progress(int(stop), total)
+            progress(int(starts[stop]) if cached else int(stop), total)
     return np.asarray(canvas).astype(output_dtype(model))

@@ -10,6 +10,7 @@ from t2t_image.sampling import generation_order
 from t2t_image.sampling import reference_sample
 from t2t_image.sampling import sample
 from t2t_image.sampling.common import dummy_features
+from t2t_image.sampling.sliding_window import cached_segments
 from t2t_image.sampling.sliding_window import sample_sliding_window
 from t2t_image.sampling.sliding_window import sliding_window_plan
 from tests.sampling.test_sampler import _dmol_mode
@@ -271,6 +272,8 @@ def test_class_conditioning_prefix_and_progress():
         (prior, dict(prefix=np.zeros((2, 2, W, 1)), num_prefix_rows=1), "prefix must have shape"),
         (prior, dict(prefix=np.full((2, 2, 8, 1), 16), num_prefix_rows=1), "vocab_size=16"),
         (prior, dict(num_prefix_rows=9), r"num_prefix_rows.*height=8"),
+        (prior, dict(window_stride=3), r"window_stride=3 must divide height - image_height=4"),
+        (prior, dict(window_stride=(0, 1)), r"window_stride must be an int or \(rows, cols\)"),
     ],
 )
 def test_invalid_arguments_are_named(make, kwargs, pattern):
@@ -286,3 +289,39 @@ def test_encoder_decoder_models_are_rejected():
                                num_encoder_layers=1, num_decoder_layers=1, block_length=4)
     with pytest.raises(ValueError, match="encoder-decoder"):
         sample_sliding_window(model, 1, 8, 8)
+
+
+# ------------------------------------------------------------- cached windows
+@pytest.mark.parametrize(
+    "make,stride,kwargs",
+    [
+        # Raster windows moving every pixel (today's placement) and every 2 pixels.
+        (lambda: rgb("local_1d"), (1, 1), dict(prefix=np.full((8, 8, 3), 9), num_prefix_rows=3)),
+        (lambda: prior("global", channels=3, vocab_size=256, likelihood="dmol"), (2, 2), {}),
+        (lambda: prior("local_2d", num_classes=3), (2, 4), dict(labels=[2, 0], top_k=5)),
+    ],
+)
+def test_cached_windows_equal_the_uncached_reference(make, stride, kwargs):
+    model = make()
+    got = sample_sliding_window(model, 2, 8, 8, seed=4, window_stride=stride, **kwargs)
+    want = sample_sliding_window(model, 2, 8, 8, seed=4, window_stride=stride, cached=False,
+                                 **kwargs)
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(got)) > 5 and not np.array_equal(got[0], got[1])
+
+
+def test_a_larger_stride_moves_the_window_less_often():
+    model = rgb("local_1d", layers=1)
+    runs = {}
+    for stride in (1, 2, 4):
+        plan = sliding_window_plan(model, 8, 8, window_stride=stride)
+        positions, starts = cached_segments(model, plan)
+        runs[stride] = len(starts) - 1
+        # Each step's window position is inside the window, and every run is one window.
+        assert positions.min() >= 0 and positions.max() < H * W * 3
+        for a, b in zip(starts[:-1], starts[1:]):
+            assert len({(t, l) for t, l in zip(plan["tops"][a:b], plan["lefts"][a:b])}) == 1
+            np.testing.assert_array_equal(np.diff(positions[a:b]), 1)
+        assert np.all(plan["tops"] % stride == 0) and np.all(plan["lefts"] % stride == 0)
+    # 8 canvas rows, windows per row: 1 + 4 moving (stride 1), 3 (stride 2), 2 (stride 4).
+    assert runs[1] > runs[2] > runs[4] == 8 * 2
