@@ -7,6 +7,7 @@ gradients inside ``strategy.run``, the loss averaged over the GLOBAL batch with
 schedule, optional clipping by global norm and XLA compilation of the step.
 """
 
+import inspect
 import json
 import math
 import os
@@ -164,8 +165,13 @@ class Trainer:
         self._guard = None  # preemption.TrainingGuard while train() runs
 
     # ------------------------------------------------------------------ setup
-    def _dataset(self, fn, role):
-        result = fn(with_info=True)
+    def _dataset(self, fn, role, num_classes=None):
+        # The model's num_classes goes to dataset functions that take it, so labels the
+        # class table cannot hold are refused when the data is built (make_dataset).
+        kwargs = {}
+        if num_classes is not None and "num_classes" in inspect.signature(fn).parameters:
+            kwargs["num_classes"] = num_classes
+        result = fn(with_info=True, **kwargs)
         dataset, info = result if isinstance(result, tuple) else (result, None)
         if self._jax is not None:
             self._jax.check_dataset(dataset, role)
@@ -179,7 +185,12 @@ class Trainer:
         if self._built:
             return
         keras.utils.set_random_seed(self.seed)
-        self.train_dataset, self.train_info = self._dataset(self.train_dataset_fn, "training")
+        policy = self.precision or "float32"
+        with self.strategy.scope():
+            self.model = self.model_fn(dtype=policy)
+        num_classes = getattr(self.model, "num_classes", None)
+        self.train_dataset, self.train_info = self._dataset(
+            self.train_dataset_fn, "training", num_classes)
         spec = self.train_dataset.element_spec
         if self._jax is not None:  # {feature: (shape, dtype)}
             spec = self._jax.check_dataset(self.train_dataset, "training")
@@ -194,10 +205,9 @@ class Trainer:
             )
         self.eval_dataset = None
         if self.eval_dataset_fn is not None:
-            self.eval_dataset, self.eval_info = self._dataset(self.eval_dataset_fn, "evaluation")
-        policy = self.precision or "float32"
+            self.eval_dataset, self.eval_info = self._dataset(
+                self.eval_dataset_fn, "evaluation", num_classes)
         with self.strategy.scope():
-            self.model = self.model_fn(dtype=policy)
             if self._jax is not None:
                 dummy = {k: np.zeros((1,) + tuple(v[0][1:]), v[1]) for k, v in spec.items()}
             else:

@@ -153,6 +153,26 @@ _DISTRIBUTED_SCRIPT = textwrap.dedent("""
 """)
 
 
+def test_labels_beyond_the_models_classes_fail_when_the_data_is_built(tmp_path, npz):
+    def dataset(split, training, num_classes=None, with_info=False):
+        return make_dataset("npz", split, batch_size=4, image_size=8, training=training,
+                            task="class_conditional", source_kwargs={"path": str(npz)},
+                            num_classes=num_classes, with_info=with_info)
+
+    def trainer(num_classes):
+        model_fn = functools.partial(
+            ImageTransformer, image_height=8, image_width=8, hidden_size=16, filter_size=32,
+            num_heads=2, num_decoder_layers=1, block_length=16, num_classes=num_classes)
+        return Trainer(str(tmp_path / str(num_classes)), model_fn,
+                       functools.partial(dataset, "train[:64]", True),
+                       functools.partial(dataset, "train[64:74]", False), num_train_steps=1)
+
+    # The trainer passes the model's num_classes on: 10 CIFAR-10 classes do not fit 5.
+    with pytest.raises(ValueError, match=r"outside \[0, num_classes=5\)"):
+        trainer(5).build()
+    trainer(10).build()
+
+
 def _run_script(tmp_path, npz, strategy, env=None, name="run"):
     script = tmp_path / "train_script.py"
     script.write_text(_DISTRIBUTED_SCRIPT.format(repo=REPO, npz=str(npz)))
