@@ -158,8 +158,8 @@ def measure_peak(n=2048, chain=8, repeats=5):
 def measure_peak_ways(dtype="float32", sizes=(1024, 2048, 4096), repeats=3):
     """The best matmul rate of several ways (issue 15's "honest peak").
 
-    For each size n: a ``tf.function`` chaining dependent n x n matmuls and an eager
-    Python loop of the same matmuls, each call doing about 137 GFLOP (8 matmuls of
+    For each size n: a ``tf.function`` chaining dependent n x n matmuls, the same
+    compiled with XLA, and an eager Python loop of the same matmuls, each call doing about 137 GFLOP (8 matmuls of
     2048^2; 64 of 1024^2, 1 of 4096^2); the best of ``repeats`` calls after a warm-up.
     Returns (best FLOP/s, {f"{way} {n}": FLOP/s}).
     """
@@ -174,7 +174,9 @@ def measure_peak_ways(dtype="float32", sizes=(1024, 2048, 4096), repeats=3):
                 x = tf.matmul(x, b)
             return x[:1, :1]
 
-        for way, fn in (("chain", tf.function(eager)), ("eager", eager)):
+        # "xla chain" shows what XLA:CPU makes of the same matmuls (bfloat16: no oneDNN).
+        for way, fn in (("chain", tf.function(eager)), ("eager", eager),
+                        ("xla chain", tf.function(eager, jit_compile=True))):
             fn(a).numpy()  # warm-up (tracing, oneDNN primitive creation)
             best = float("inf")
             for _ in range(repeats):
