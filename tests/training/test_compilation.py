@@ -49,3 +49,18 @@ def test_bfloat16_trainer_runs_without_xla_and_learns_like_float32(tmp_path, sha
         results[precision] = trainer.train()["bits_per_dim"]
     assert results["float32"] < 8.0  # below a uniform model: it learned something
     assert abs(results["mixed_bfloat16"] - results["float32"]) < 0.03, results
+
+
+def test_every_gin_file_leaves_the_choice_to_auto():
+    # A gin file that forced True/False would undo "auto" for the other precision.
+    import pathlib
+    import re
+
+    gin_dir = pathlib.Path(__file__).resolve().parents[2] / "gin"
+    files = sorted(gin_dir.rglob("*.gin"))
+    assert len(files) > 10
+    for path in files:
+        for line in path.read_text().splitlines():
+            m = re.match(r"\s*[\w./]*Trainer\.jit_compile\s*=\s*(\S+)", line)
+            if m:
+                assert m.group(1) == '"auto"', f"{path.name}: {line}"
