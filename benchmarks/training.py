@@ -347,8 +347,9 @@ def run_configs(peak, steps, jit_modes, names=None):
 
 
 def print_configs(rows, peak):
-    print("Training step, batch 4, 2 layers, float32; MFU against the higher of the matmul "
-          "peaks measured just before and after each row")
+    print("Training step, batch 4, 2 layers, float32; MFU against the highest of the best "
+          "float32 matmul peak at the start and the peaks measured just before and after each "
+          "row")
     print()
     print("| configuration | XLA | s/step (median) | steps/s | images/s | model TFLOP/step "
           "| achieved GFLOP/s | peak GFLOP/s (before/after) | MFU | target |")
