@@ -4,32 +4,18 @@ import keras
 import numpy as np
 import pytest
 
-from t2t_image.models import Img2ImgTransformer
-from t2t_image.models import ImageTransformer
 from t2t_image.sampling import compiled
 from t2t_image.sampling import reference_sample
 from t2t_image.sampling import sample
 from t2t_image.sampling import sample_sliding_window
 from t2t_image.sampling.common import loop_seed
-from tests.jax.models import H
-from tests.jax.models import W
-from tests.jax.models import bad_model
+from tests.tiny_models import H
+from tests.tiny_models import SAMPLER_CASES
+from tests.tiny_models import W
+from tests.tiny_models import bad_model
 
 
-@pytest.mark.parametrize(
-    "cls,overrides,conditioning",
-    [
-        (ImageTransformer, dict(dec_attention_type="local_1d"), {}),
-        (ImageTransformer, dict(dec_attention_type="local_2d", query_shape=(3, 5)), {}),
-        (ImageTransformer, dict(dec_attention_type="local_2d", likelihood="dmol",
-                                block_shift="block_raster"), {}),
-        (ImageTransformer, dict(dec_attention_type="global", likelihood="dmol"), {}),
-        (ImageTransformer, dict(dec_attention_type="local_1d", num_classes=5),
-         dict(labels=np.array([3, 1]))),
-        (Img2ImgTransformer, dict(dec_attention_type="local_2d"),
-         dict(inputs=np.random.RandomState(1).randint(0, 256, (2, 2, 2, 3)))),
-    ],
-)
+@pytest.mark.parametrize("cls,overrides,conditioning", SAMPLER_CASES)
 def test_cached_sampler_equals_the_reference(cls, overrides, conditioning):
     model = bad_model(cls, **overrides)
     fast = sample(model, 2, temperature=0.9, seed=11, **conditioning)

@@ -7,40 +7,14 @@ from t2t_image.models import Img2ImgTransformer
 from t2t_image.models import ImageTransformer
 from t2t_image.sampling import reference_sample
 from t2t_image.sampling import sample
-from tests.sampling.test_cached_decoding import H
-from tests.sampling.test_cached_decoding import W
 from tests.sampling.test_cached_decoding import tiny
+from tests.tiny_models import H
+from tests.tiny_models import SAMPLER_CASES
+from tests.tiny_models import W
+from tests.tiny_models import bad_model
 
 
-def bad_model(cls=ImageTransformer, scale=None, **overrides):
-    """A tiny model with deliberately sharp random outputs, so sampling bugs show."""
-    model = tiny(cls, **{"num_mixtures": 3, **overrides})
-    features = {"targets": np.zeros((1, H, W, 3), np.int32)}
-    if model.num_classes:
-        features["labels"] = np.zeros(1, np.int32)
-    if cls is Img2ImgTransformer:
-        features["inputs"] = np.zeros((1, 2, 2, 3), np.int32)
-    model(features)
-    if scale is None:
-        scale = 20.0 if model.likelihood == "cat" else 4.0
-    model.output_layer.kernel.assign(model.output_layer.kernel * scale)
-    return model
-
-
-@pytest.mark.parametrize(
-    "cls,overrides,conditioning",
-    [
-        (ImageTransformer, dict(dec_attention_type="local_1d"), {}),
-        (ImageTransformer, dict(dec_attention_type="local_2d", query_shape=(3, 5)), {}),
-        (ImageTransformer, dict(dec_attention_type="local_2d", likelihood="dmol",
-                                block_shift="block_raster"), {}),
-        (ImageTransformer, dict(dec_attention_type="global", likelihood="dmol"), {}),
-        (ImageTransformer, dict(dec_attention_type="local_1d", num_classes=5),
-         dict(labels=np.array([3, 1]))),
-        (Img2ImgTransformer, dict(dec_attention_type="local_2d"),
-         dict(inputs=np.random.RandomState(1).randint(0, 256, (2, 2, 2, 3)))),
-    ],
-)
+@pytest.mark.parametrize("cls,overrides,conditioning", SAMPLER_CASES)
 def test_fast_sampler_reproduces_the_reference(cls, overrides, conditioning):
     model = bad_model(cls, **overrides)
     slow = reference_sample(model, 2, temperature=0.9, seed=11, **conditioning)

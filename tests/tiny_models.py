@@ -1,4 +1,4 @@
-"""Tiny models for the JAX-backend tests (no TensorFlow import, unlike tests/sampling)."""
+"""Tiny models for the sampler tests of both backends (no TensorFlow import)."""
 
 import numpy as np
 
@@ -27,10 +27,25 @@ def features(model, batch=1):
     return out
 
 
-def bad_model(cls=ImageTransformer, **overrides):
+def bad_model(cls=ImageTransformer, scale=None, **overrides):
     """A tiny built model with deliberately sharp outputs, so sampling bugs show."""
     model = tiny(cls, **overrides)
     model(features(model))
-    scale = 20.0 if model.likelihood == "cat" else 4.0
+    if scale is None:
+        scale = 20.0 if model.likelihood == "cat" else 4.0
     model.output_layer.kernel.assign(model.output_layer.kernel * scale)
     return model
+
+
+# (model class, constructor overrides, conditioning) of the cached == reference tests.
+SAMPLER_CASES = [
+    (ImageTransformer, dict(dec_attention_type="local_1d"), {}),
+    (ImageTransformer, dict(dec_attention_type="local_2d", query_shape=(3, 5)), {}),
+    (ImageTransformer, dict(dec_attention_type="local_2d", likelihood="dmol",
+                            block_shift="block_raster"), {}),
+    (ImageTransformer, dict(dec_attention_type="global", likelihood="dmol"), {}),
+    (ImageTransformer, dict(dec_attention_type="local_1d", num_classes=5),
+     dict(labels=np.array([3, 1]))),
+    (Img2ImgTransformer, dict(dec_attention_type="local_2d"),
+     dict(inputs=np.random.RandomState(1).randint(0, 256, (2, 2, 2, 3)))),
+]
