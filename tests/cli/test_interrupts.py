@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.cli.test_trainer_cli import REPO
+from tests.cli.test_trainer_faults import finish as stop
 from tests.training.test_fault_injection import assert_listed_checkpoints_loadable
 from tests.training.test_fault_injection import checkpoint_state
 from tests.training.test_fault_injection import gin_params
@@ -47,13 +48,17 @@ def wait_for(proc, log_path, pattern, timeout=120):
     pytest.fail(f"{pattern!r} did not appear in time:\n{log_path.read_text()[-3000:]}")
 
 
-def stop(proc, log_path, timeout=60):
+def signal_when(cmd, log_path, pattern, sig, env=None):
+    """Runs ``cmd``, sends ``sig`` once ``pattern`` is in its log; returns (proc, log)."""
+    env = dict(os.environ, PYTHONPATH=REPO, **(env or {}))
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        proc.wait(timeout=timeout)
+        wait_for(proc, log_path, pattern)
+        proc.send_signal(sig)
+        return proc, stop(proc, log_path)
     finally:
         proc.kill()
-        proc.wait()
-    return log_path.read_text()
 
 
 def stopped_line(log, signal_name, ckpt_dir):
@@ -190,19 +195,11 @@ def trained_tiny(tmp_path_factory):
 
 def test_sigint_during_sampling_writes_nothing(tmp_path, trained_tiny):
     output, npz = tmp_path / "grid.png", tmp_path / "samples.npz"
-    env = dict(os.environ, PYTHONPATH=REPO)
     log_path = tmp_path / "sampler.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "t2t_image.cli.sampler", f"--model_dir={trained_tiny}",
-             "--num_samples=400", "--batch_size=4", "--nojit_compile", f"--output={output}",
-             f"--npz={npz}"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for(proc, log_path, r"batch 2/100")
-        proc.send_signal(signal.SIGINT)
-        text = stop(proc, log_path)
-    finally:
-        proc.kill()
+    proc, text = signal_when(
+        [sys.executable, "-m", "t2t_image.cli.sampler", f"--model_dir={trained_tiny}",
+         "--num_samples=400", "--batch_size=4", "--nojit_compile", f"--output={output}",
+         f"--npz={npz}"], log_path, r"batch 2/100", signal.SIGINT)
     assert proc.returncode == 130, text[-3000:]
     assert "Traceback" not in text and "nothing is written" in text
     assert sorted(os.listdir(tmp_path)) == ["sampler.log"]
@@ -210,23 +207,15 @@ def test_sigint_during_sampling_writes_nothing(tmp_path, trained_tiny):
 
 def test_evaluation_stopped_by_a_signal_writes_no_results(tmp_path, trained_tiny):
     """--mode=eval over many batches, SIGTERM after the model is restored."""
-    env = dict(os.environ, PYTHONPATH=REPO)
     log_path = tmp_path / "eval.log"
     results = trained_tiny / "eval_results.json"
     before = results.read_bytes() if results.exists() else None
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "t2t_image.cli.trainer", "--gin_file=gin/tiny.gin",
-             f"--model_dir={trained_tiny}", "--mode=eval",
-             "--gin_param=t2t_image.Trainer.eval_batches=None",
-             "--gin_param=eval/t2t_image.make_dataset.batch_size=1"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for(proc, log_path, r"Restored ")
-        proc.send_signal(signal.SIGTERM)
-        text = stop(proc, log_path)
-    finally:
-        proc.kill()
+    proc, text = signal_when(
+        [sys.executable, "-m", "t2t_image.cli.trainer", "--gin_file=gin/tiny.gin",
+         f"--model_dir={trained_tiny}", "--mode=eval",
+         "--gin_param=t2t_image.Trainer.eval_batches=None",
+         "--gin_param=eval/t2t_image.make_dataset.batch_size=1"],
+        log_path, r"Restored ", signal.SIGTERM)
     assert proc.returncode == 143, text[-3000:]
     assert "Stopped the evaluation; eval_results.json was not written." in text, text[-3000:]
     assert (results.read_bytes() if results.exists() else None) == before
@@ -238,20 +227,12 @@ def test_first_stage_trainer_stops_with_a_checkpoint_on_sigterm(tmp_path):
     ckpt_dir = str(model_dir / "checkpoints")
     log_path = tmp_path / "vq.log"
     trainer = "t2t_image.FirstStageTrainer"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "t2t_image.cli.trainer", "--gin_file=gin/tiny_vq.gin",
-             f"--model_dir={model_dir}", f"--gin_param={trainer}.num_train_steps=100000",
-             f"--gin_param={trainer}.checkpoint_every=1000", f"--gin_param={trainer}.log_every=1",
-             f"--gin_param={trainer}.eval_every=0", f"--gin_param={trainer}.sample_every=0"],
-            cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=log,
-            stderr=subprocess.STDOUT)
-    try:
-        wait_for(proc, log_path, r"step 3/")
-        proc.send_signal(signal.SIGTERM)
-        text = stop(proc, log_path)
-    finally:
-        proc.kill()
+    proc, text = signal_when(
+        [sys.executable, "-m", "t2t_image.cli.trainer", "--gin_file=gin/tiny_vq.gin",
+         f"--model_dir={model_dir}", f"--gin_param={trainer}.num_train_steps=100000",
+         f"--gin_param={trainer}.checkpoint_every=1000", f"--gin_param={trainer}.log_every=1",
+         f"--gin_param={trainer}.eval_every=0", f"--gin_param={trainer}.sample_every=0"],
+        log_path, r"step 3/", signal.SIGTERM)
     assert proc.returncode == 143, text[-3000:]
     step, _ = stopped_line(text, "SIGTERM", ckpt_dir)
     assert step >= 3
@@ -275,16 +256,8 @@ def test_multi_worker_sigterm_goes_through_tf_preemption_handler(tmp_path):
            f"--model_dir={model_dir}", "--gin_param=t2t_image.Trainer.eval_dataset_fn=None",
            "--gin_param=t2t_image.Trainer.strategy='multi_worker'",
            *gin_params(num_train_steps=100_000, checkpoint_every=1000, log_every=1)]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, PYTHONPATH=REPO,
-                                         TF_CONFIG=json.dumps(tf_config)))
-    try:
-        wait_for(proc, log_path, r"step 5/")
-        proc.send_signal(signal.SIGTERM)
-        text = stop(proc, log_path)
-    finally:
-        proc.kill()
+    proc, text = signal_when(cmd, log_path, r"step 5/", signal.SIGTERM,
+                             env={"TF_CONFIG": json.dumps(tf_config)})
     assert proc.returncode == 143, text[-3000:]
     assert "PreemptionCheckpointHandler: checkpoint saved" in text
     stopped_line(text, "SIGTERM", str(model_dir / "checkpoints"))

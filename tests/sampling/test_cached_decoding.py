@@ -8,19 +8,14 @@ from t2t_image.layers.multi_head_attention import decoding_window
 from t2t_image.models import Img2ImgTransformer
 from t2t_image.models import ImageTransformer
 from t2t_image.ops.local_attention_2d import right_shift_block_raster, right_shift_blockwise
+from tests import tiny_models
 from tests.ops import attention_reference as ref
 
-H = W = 4
+H, W = tiny_models.H, tiny_models.W
 
 
 def tiny(cls=ImageTransformer, **overrides):
-    args = dict(image_height=H, image_width=W, hidden_size=16, filter_size=24, num_heads=2,
-                num_decoder_layers=2, block_length=4, query_shape=(2, 2), memory_flange=(1, 2),
-                num_mixtures=2, layer_prepostprocess_dropout=0.0)
-    if cls is Img2ImgTransformer:
-        args.update(input_height=2, input_width=2, num_encoder_layers=1)
-    args.update(overrides)
-    return cls(**args)
+    return tiny_models.tiny(cls, **{"num_mixtures": 2, **overrides})
 
 
 def independent_order(model):
