@@ -72,7 +72,9 @@ def _attend(q, k, v, bias=None, weights_dropout=None):
     Returns:
       ``[..., num_queries, depth_v]`` in v's dtype.
     """
-    logits = ops.einsum("...qd,...kd->...qk", q, k)
+    # matmul of a transposed k rather than einsum: the TF graph executor runs
+    # einsum's extra transposes (forward + gradient 1.2-1.4x slower).
+    logits = ops.matmul(q, ops.swapaxes(k, -1, -2))
     # Softmax in float32 whatever the input dtype (numerics-sensitive).
     logits = ops.cast(logits, "float32")
     if bias is not None:
@@ -80,7 +82,7 @@ def _attend(q, k, v, bias=None, weights_dropout=None):
     weights = ops.softmax(logits, axis=-1)
     if weights_dropout is not None:
         weights = weights_dropout(weights)
-    return ops.einsum("...qk,...kd->...qd", ops.cast(weights, v.dtype), v)
+    return ops.matmul(ops.cast(weights, v.dtype), v)
 
 
 def dot_product_attention(q, k, v, causal=False, bias=None, weights_dropout=None):

@@ -23,12 +23,15 @@ def _reshape_keep_batch(x, new_tail):
 
 
 def _extract_windows(x, axis, num_blocks, stride, start, size):
-    """Overlapping strided windows along one static axis, without gathers.
+    """Overlapping strided windows along one static axis.
 
     Window ``b`` covers positions ``[start + b*stride, start + b*stride + size)``
     of ``x`` along ``axis``; positions outside ``x`` read zeros (callers mask
-    them). Built from ``ceil(size / stride)`` static slices, each reshaped to
-    ``[num_blocks, stride]`` and concatenated, so only pad/slice/reshape/concat.
+    them). The covered range is padded, cut into pieces of ``stride`` and
+    window ``b`` gathers pieces ``b .. b + ceil(size / stride) - 1`` with
+    static indices. (Static slices + concat give the same result, but in the
+    TF graph executor their gradient, one pad per slice, is about 2x slower
+    than the gather's segment sum; under XLA both are cheap.)
 
     Args:
       x: tensor whose ``axis`` (> 0) has a static length; axis 0 is the
@@ -51,21 +54,25 @@ def _extract_windows(x, axis, num_blocks, stride, start, size):
         pad = [[0, 0]] * len(x.shape)
         pad[axis] = [pad_lo, pad_hi]
         x = ops.pad(x, pad)
-    offset = start + pad_lo
-    shape = list(ops.shape(x))
-    new_tail = shape[1:axis] + [num_blocks, stride] + shape[axis + 1 :]
-    pieces = []
-    for t in range(n_pieces):  # a handful of static pieces, not blocks
-        lo = offset + t * stride
+    lo, hi = start + pad_lo, end + pad_lo
+    if (lo, hi) != (0, x.shape[axis]):
         index = [slice(None)] * len(x.shape)
-        index[axis] = slice(lo, lo + num_blocks * stride)
-        pieces.append(_reshape_keep_batch(x[tuple(index)], new_tail))
-    out = pieces[0] if n_pieces == 1 else ops.concatenate(pieces, axis=axis + 1)
+        index[axis] = slice(lo, hi)
+        x = x[tuple(index)]
+    shape = list(ops.shape(x))
+    total = num_blocks - 1 + n_pieces
+    x = _reshape_keep_batch(x, shape[1:axis] + [total, stride] + shape[axis + 1 :])
+    if n_pieces > 1:
+        pieces = np.arange(num_blocks)[:, None] + np.arange(n_pieces)[None, :]
+        x = ops.take(x, ops.convert_to_tensor(pieces.astype(np.int32)), axis=axis)
+        x = _reshape_keep_batch(
+            x, shape[1:axis] + [num_blocks, n_pieces * stride] + shape[axis + 1 :]
+        )
     if n_pieces * stride != size:
-        index = [slice(None)] * len(out.shape)
+        index = [slice(None)] * len(x.shape)
         index[axis + 1] = slice(0, size)
-        out = out[tuple(index)]
-    return out
+        x = x[tuple(index)]
+    return x
 
 
 def masked_local_attention_1d(q, k, v, block_length):

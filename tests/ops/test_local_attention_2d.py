@@ -24,6 +24,9 @@ CONFIGS = [
     (6, 6, (3, 2), (4, 5)),  # flanges larger than the block (several pieces)
     (4, 4, (1, 1), (1, 1)),
     (3, 5, (4, 8), (2, 2)),  # image smaller than one block
+    # Flanges of whole blocks take the block-offset path (_block_memory).
+    (9, 11, (2, 3), (4, 6)),  # two blocks of flange each way, padding
+    (6, 8, (3, 4), (3, 8)),
 ]
 
 
