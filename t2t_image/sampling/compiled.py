@@ -84,3 +84,20 @@ def compiled(model, name, jit_compile, make):
             functions[key] = tf.function(make(), jit_compile=bool(jit_compile),
                                          reduce_retracing=True)
     return functions[key]
+
+
+def finished(x):
+    """``x`` once its computation has finished (JAX dispatches asynchronously).
+
+    Progress reports call this first, so that a reported step count (and the
+    time a caller measures for it) is work done, not work queued.
+
+    Args:
+        x: a tensor or array returned by a compiled function.
+
+    Returns:
+        ``x``.
+    """
+    if hasattr(x, "block_until_ready"):
+        x.block_until_ready()
+    return x

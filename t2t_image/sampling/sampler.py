@@ -27,7 +27,7 @@ from t2t_image.sampling.common import (
     step_coordinates,
     step_seed,
 )
-from t2t_image.sampling.compiled import compiled
+from t2t_image.sampling.compiled import compiled, finished
 
 
 def num_steps(model):
@@ -228,5 +228,6 @@ def sample(model, num_samples, temperature=1.0, seed=0, labels=None, inputs=None
     for start, stop in zip(bounds[:-1], bounds[1:]):
         canvas, cache = steps(canvas, cache, seed, temperature, prefix_rows,
                               _int32(start), _int32(stop))
+        finished(canvas)
         progress(int(stop), total)
     return np.asarray(canvas).astype(dtype)

@@ -42,7 +42,7 @@ from t2t_image.sampling.common import (
     output_dtype,
     step_seed,
 )
-from t2t_image.sampling.compiled import compiled
+from t2t_image.sampling.compiled import compiled, finished
 from t2t_image.sampling.sampler import ensure_built
 
 
@@ -457,5 +457,6 @@ def sample_sliding_window(model, num_samples, height, width, *, seed=0, temperat
         else:
             canvas = run(canvas, conditioning, seed, temperature, plan, start_, stop_)
         if progress is not None:
+            finished(canvas)
             progress(int(starts[stop]) if cached else int(stop), total)
     return np.asarray(canvas).astype(output_dtype(model))

@@ -89,6 +89,25 @@ def test_progress_chunks_give_the_same_samples():
     assert calls[-1] == (H * W, H * W) and len(calls) == 5
 
 
+def test_progress_is_reported_after_the_chunk_has_run(monkeypatch):
+    # JAX dispatches asynchronously: a progress report must wait for the work.
+    import t2t_image.sampling.sampler as sampler_module
+
+    ready = []
+
+    def recording_finished(x):
+        out = compiled.finished(x)
+        ready.append(x.is_ready())
+        return out
+
+    monkeypatch.setattr(sampler_module, "finished", recording_finished)
+    model = bad_model()
+    calls = []
+    sample(model, 2, seed=3, progress=lambda done, total: calls.append(len(ready)),
+           progress_chunks=4)
+    assert calls == [1, 2, 3, 4] and all(ready)
+
+
 def test_new_weights_are_used_without_recompiling():
     # The weights are arguments of the jitted loop, not constants traced into it.
     model = bad_model()
