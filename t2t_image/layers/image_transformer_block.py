@@ -264,7 +264,12 @@ class ImageTransformerBlock(keras.layers.Layer):
             cache["encdec_attention"] = self.encdec_attention.memory_cache(memory)
         return cache
 
-    def call_step(self, inputs, cache, position):
+    def refresh_cache(self, cache, position):
+        """``MultiHeadAttention.refresh_cache`` of the self-attention's cache."""
+        return dict(cache, self_attention=self.self_attention.refresh_cache(
+            cache["self_attention"], position))
+
+    def call_step(self, inputs, cache, position, window_ready=False):
         """The block's output at one new position (incremental decoding).
 
         Same sub-layers and pre/post-processing as ``call`` (inference: no
@@ -276,6 +281,7 @@ class ImageTransformerBlock(keras.layers.Layer):
             inputs: float tensor `[batch, hidden_size]`, the position's input.
             cache: dict from ``init_cache`` (or a previous ``call_step``).
             position: scalar int32 tensor, raster index of the position on the grid.
+            window_ready: bool (static), see ``MultiHeadAttention.call_step``.
 
         Returns:
             ``(outputs, cache)``: float `[batch, hidden_size]` and the updated cache.
@@ -284,7 +290,7 @@ class ImageTransformerBlock(keras.layers.Layer):
 
         def self_attention(y):
             out, new_cache["self_attention"] = self.self_attention.call_step(
-                y, cache["self_attention"], position
+                y, cache["self_attention"], position, window_ready=window_ready
             )
             return out
 

@@ -93,29 +93,64 @@ def _decoding_window(attention_type, grid_shape, block_length, query_shape, memo
         keys = np.clip(first, 0, length - 2 * block_length) + np.arange(2 * block_length)[None, :]
         visible = (keys >= first) & (keys <= position)
     else:
-        (qh, qw), (f0, f1) = query_shape, memory_flange
-        regions = []  # (row offset, rows, col offset, cols) relative to the block corner
-        if f0 > 0:
-            regions.append((-f0, f0, -f1, qw + 2 * f1))
-        if f1 > 0:
-            regions.append((0, qh, -f1, f1))
-        regions.append((0, qh, 0, qw))
-        qr, qc = np.divmod(position, cols)
-        r0, c0 = qr // qh * qh, qc // qw * qw
-        key_rows, key_cols, center = [], [], []
-        for row_offset, num_rows, col_offset, num_cols in regions:
-            dr, dc = np.divmod(np.arange(num_rows * num_cols)[None, :], num_cols)
-            key_rows.append(r0 + row_offset + dr)
-            key_cols.append(c0 + col_offset + dc)
-            center.append(np.full(dr.shape, row_offset == 0 and col_offset == 0))
-        kr, kc = np.concatenate(key_rows, 1), np.concatenate(key_cols, 1)
-        is_center = np.concatenate(center, 1)
-        inside = (kr >= 0) & (kr < rows) & (kc >= 0) & (kc < cols)
-        causal = (kr - r0) * qw + (kc - c0) <= (qr - r0) * qw + (qc - c0)
-        visible = inside & (~is_center | causal)
-        keys = kr * cols + kc
+        keys, _, visible = _window_2d(grid_shape, query_shape, memory_flange)
     indices = np.where(visible, keys, 0).astype(np.int32)
     return indices, visible
+
+
+@functools.lru_cache(maxsize=32)
+def _block_window(grid_shape, query_shape, memory_flange):
+    """Tables of the local_2d decoding cache's per-block window buffer.
+
+    Every position of a query block has the same key window (top flange,
+    left flange, the block, in ``decoding_window``'s order) and differs only
+    in which keys are visible. So the cached step gathers its block's window
+    once, at the block's first generated position (its top-left corner), into
+    a buffer, and afterwards writes each new key into its slot there: a step
+    reads the window once instead of also gathering a copy of it.
+
+    Returns:
+        ``(keys, slot, first)``: NumPy int32 ``[rows * cols, M]`` key
+        positions of the window of each position's block (0 where outside
+        the image, never visible), int32 ``[rows * cols]`` the buffer slot of
+        the position's own key, bool ``[rows * cols]`` whether the position
+        is its block's first in the generation order.
+    """
+    rows, cols = grid_shape
+    qh, qw = query_shape
+    keys, inside, _ = _window_2d(grid_shape, query_shape, memory_flange)
+    qr, qc = np.divmod(np.arange(rows * cols), cols)
+    r0, c0 = qr // qh * qh, qc // qw * qw
+    # The block itself is the window's last qh * qw slots, in block-local raster order.
+    slot = keys.shape[1] - qh * qw + (qr - r0) * qw + (qc - c0)
+    first = (qr == r0) & (qc == c0)
+    return np.where(inside, keys, 0).astype(np.int32), slot.astype(np.int32), first
+
+
+def _window_2d(grid_shape, query_shape, memory_flange):
+    """local_2d key windows: raw key positions, inside-the-image and visible masks."""
+    rows, cols = grid_shape
+    position = np.arange(rows * cols)[:, None]
+    (qh, qw), (f0, f1) = query_shape, memory_flange
+    regions = []  # (row offset, rows, col offset, cols) relative to the block corner
+    if f0 > 0:
+        regions.append((-f0, f0, -f1, qw + 2 * f1))
+    if f1 > 0:
+        regions.append((0, qh, -f1, f1))
+    regions.append((0, qh, 0, qw))
+    qr, qc = np.divmod(position, cols)
+    r0, c0 = qr // qh * qh, qc // qw * qw
+    key_rows, key_cols, center = [], [], []
+    for row_offset, num_rows, col_offset, num_cols in regions:
+        dr, dc = np.divmod(np.arange(num_rows * num_cols)[None, :], num_cols)
+        key_rows.append(r0 + row_offset + dr)
+        key_cols.append(c0 + col_offset + dc)
+        center.append(np.full(dr.shape, row_offset == 0 and col_offset == 0))
+    kr, kc = np.concatenate(key_rows, 1), np.concatenate(key_cols, 1)
+    is_center = np.concatenate(center, 1)
+    inside = (kr >= 0) & (kr < rows) & (kc >= 0) & (kc < cols)
+    causal = (kr - r0) * qw + (kc - c0) <= (qr - r0) * qw + (qc - c0)
+    return kr * cols + kc, inside, inside & (~is_center | causal)
 
 
 @keras.saving.register_keras_serializable(package="t2t_image")
@@ -314,10 +349,15 @@ class MultiHeadAttention(keras.layers.Layer):
                              "masked=False; use memory_cache for encoder-decoder attention.")
         heads, slots = self.num_heads, self._cache_slots()
 
-        def zeros(units):
+        def zeros(units, slots=slots):
             return ops.zeros((batch_size, heads, slots, units // heads), self.compute_dtype)
 
-        return {"key": zeros(self.key_dense.units), "value": zeros(self.value_dense.units)}
+        cache = {"key": zeros(self.key_dense.units), "value": zeros(self.value_dense.units)}
+        if self._buffered():
+            width = self._block_window()[0].shape[1]
+            cache["window_key"] = zeros(self.key_dense.units, width)
+            cache["window_value"] = zeros(self.value_dense.units, width)
+        return cache
 
     def memory_cache(self, memory):
         """Projected keys/values of an encoder memory, computed once for decoding.
@@ -344,6 +384,19 @@ class MultiHeadAttention(keras.layers.Layer):
         """Whether the decoding cache is a ring of the last two local_1d blocks."""
         rows, cols = self._decoding_grid()
         return self.attention_type == "local_1d" and rows * cols >= 2 * self.block_length
+
+    def _buffered(self):
+        """Whether the decoding cache also holds a local_2d block's window buffer."""
+        return self.attention_type == "local_2d"
+
+    def _block_window(self):
+        return _block_window(tuple(self._decoding_grid()), tuple(self.query_shape),
+                             tuple(self.memory_flange))
+
+    def _gather_window(self, cache, position):
+        # The window of `position`'s block, read from the full-grid cache.
+        keys = ops.take(ops.convert_to_tensor(self._block_window()[0]), position, axis=0)
+        return (ops.take(cache["key"], keys, axis=2), ops.take(cache["value"], keys, axis=2))
 
     def _cache_slots(self):
         rows, cols = self._decoding_grid()
@@ -382,13 +435,37 @@ class MultiHeadAttention(keras.layers.Layer):
                 x = ops.take(x, ops.maximum(held, 0), axis=2)
             return ops.cast(x, self.compute_dtype)
 
-        return {"key": project(self.key_dense), "value": project(self.value_dense)}
+        cache = {"key": project(self.key_dense), "value": project(self.value_dense)}
+        if self._buffered():
+            position = ops.cast(position, "int32")
+            cache["window_key"], cache["window_value"] = self._gather_window(cache, position)
+        return cache
 
     def _step_heads(self, x):
         # [batch, channels] -> [batch, heads, 1, channels / heads]
         return ops.reshape(x, (-1, self.num_heads, 1, x.shape[-1] // self.num_heads))
 
-    def call_step(self, inputs, cache, position=None):
+    def refresh_cache(self, cache, position):
+        """``cache`` with the local_2d window buffer gathered for ``position``'s block.
+
+        A local_2d ``call_step(..., window_ready=True)`` reads its block's
+        window from a buffer; this fills it from the full-grid cache (correct
+        at any position: keys not written yet are masked). Other attention
+        types return ``cache`` unchanged. Not in T2T.
+
+        Args:
+            cache: dict from ``init_cache`` (or a previous ``call_step``).
+            position: scalar int32 tensor, raster index on the grid.
+
+        Returns:
+            The updated cache.
+        """
+        if not self._buffered():
+            return cache
+        key, value = self._gather_window(cache, ops.cast(position, "int32"))
+        return dict(cache, window_key=key, window_value=value)
+
+    def call_step(self, inputs, cache, position=None, window_ready=False):
         """Attention output of one new position, with cached keys and values.
 
         With ``position`` (masked self-attention): the key and value of
@@ -410,6 +487,12 @@ class MultiHeadAttention(keras.layers.Layer):
             cache: dict from ``init_cache`` (self-attention) or ``memory_cache``.
             position: scalar int32 tensor (or int), raster index on the grid of
                 the position being decoded; None for encoder-decoder attention.
+            window_ready: bool (static), local_2d only: the cache's window
+                buffer already holds this position's block (``refresh_cache``
+                was called at the block's first position or later, and every
+                step since was in the block). False: gather it at the block's
+                first position (a conditional; under XLA it copies the caches
+                at every step, so decoding loops refresh between blocks).
 
         Returns:
             ``(outputs, cache)``: float `[batch, hidden_size]` and the updated cache.
@@ -427,12 +510,11 @@ class MultiHeadAttention(keras.layers.Layer):
             slots = self._cache_slots()
             slot = position % slots if self._ring() else position
             start = (0, 0, slot, 0)
-            cache = {
-                "key": ops.slice_update(cache["key"], start,
-                                        self._step_heads(self.key_dense(inputs))),
-                "value": ops.slice_update(cache["value"], start,
-                                          self._step_heads(self.value_dense(inputs))),
-            }
+            new_key = self._step_heads(self.key_dense(inputs))
+            new_value = self._step_heads(self.value_dense(inputs))
+            cache = dict(cache,
+                         key=ops.slice_update(cache["key"], start, new_key),
+                         value=ops.slice_update(cache["value"], start, new_value))
             rows, cols = self._decoding_grid()
             window = None if self._ring() else decoding_window(
                 self.attention_type, (rows, cols), self.block_length, self.query_shape,
@@ -449,12 +531,22 @@ class MultiHeadAttention(keras.layers.Layer):
                 k, v = cache["key"], cache["value"]
                 visible = ops.arange(slots, dtype="int32") <= position
             else:
-                # A gather of the static window (reading the updated cache with a
-                # dynamic slice instead makes XLA copy the cache at every step).
-                index = ops.take(ops.convert_to_tensor(window[0]), position, axis=0)
+                # local_2d: the block's window buffer, gathered from the full-grid cache
+                # at the block's first position (a gather, not a dynamic slice: that
+                # makes XLA copy the cache), then one new key per step.
+                _, slots_of, first = self._block_window()
+                if window_ready:
+                    k, v = cache["window_key"], cache["window_value"]
+                else:
+                    k, v = ops.cond(
+                        ops.take(ops.convert_to_tensor(first), position, axis=0),
+                        lambda: self._gather_window(cache, position),
+                        lambda: (cache["window_key"], cache["window_value"]))
+                start = (0, 0, ops.take(ops.convert_to_tensor(slots_of), position, axis=0), 0)
+                k = ops.slice_update(k, start, new_key)
+                v = ops.slice_update(v, start, new_value)
+                cache.update(window_key=k, window_value=v)
                 visible = ops.take(ops.convert_to_tensor(window[1]), position, axis=0)
-                k = ops.take(cache["key"], index, axis=2)
-                v = ops.take(cache["value"], index, axis=2)
             # The mask bias is float32, as everywhere in the attention softmax.
             bias = ops.cast(ops.where(visible, 0.0, NEG_INF), "float32")[None, None, None, :]
         out = dot_product_attention(q, k, v, bias=bias)  # [batch, heads, 1, depth_v]

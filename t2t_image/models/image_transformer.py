@@ -508,7 +508,35 @@ class ImageTransformer(keras.Model):
             x = x + cache["class_embedding"]
         return x
 
-    def call_step(self, targets, cache, position):
+    def window_refresh_positions(self):
+        """Grid positions where a local_2d decoder's window buffers must be refreshed.
+
+        NumPy bool `[rows * cols]` over ``grid_shape``, True at the first
+        generated position of each query block (``refresh_cache``), or None
+        when the decoder self-attention is not local_2d (nothing to refresh).
+        """
+        if self.dec_attention_type != "local_2d":
+            return None
+        return self.decoder_blocks[0].self_attention._block_window()[2]
+
+    def refresh_cache(self, cache, position):
+        """``cache`` with every local_2d window buffer gathered for ``position``'s block.
+
+        Decoding loops call it at the positions of ``window_refresh_positions``
+        (and where they start), then ``call_step(..., window_ready=True)``
+        until the next such position. Correct at any position. Not in T2T.
+
+        Args:
+            cache: dict from ``init_cache`` (or ``call_step``).
+            position: scalar int32 tensor, raster index on ``grid_shape``.
+
+        Returns:
+            The updated cache.
+        """
+        return dict(cache, blocks=[block.refresh_cache(block_cache, position) for block, block_cache
+                                   in zip(self.decoder_blocks, cache["blocks"])])
+
+    def call_step(self, targets, cache, position, window_ready=False):
         """Model outputs at one grid position, decoding incrementally.
 
         Equals ``self(features)`` at ``position`` (within float rounding) when
@@ -526,6 +554,9 @@ class ImageTransformer(keras.Model):
             position: scalar int32 tensor, raster index on ``grid_shape`` (a
                 sub-pixel for "cat", a pixel for "dmol").
             cache: dict from ``init_cache`` or the previous ``call_step``.
+            window_ready: bool (static); True when ``refresh_cache`` was called
+                at this position's query block (local_2d decoders; see
+                ``window_refresh_positions``): skips a per-step conditional.
 
         Returns:
             ``(outputs, cache)``: float32 logits `[batch, vocab_size]` of the sub-pixel
@@ -536,7 +567,7 @@ class ImageTransformer(keras.Model):
         new_cache = dict(cache)
         new_cache["blocks"] = []
         for block, block_cache in zip(self.decoder_blocks, cache["blocks"]):
-            x, block_cache = block.call_step(x, block_cache, position)
+            x, block_cache = block.call_step(x, block_cache, position, window_ready)
             new_cache["blocks"].append(block_cache)
         if self.final_norm is not None:
             x = ops.cast(self.final_norm(x), self.compute_dtype)

@@ -83,8 +83,11 @@ def decode_steps(model, canvas, cache, seed, temperature, num_prefix_rows, start
     order = ops.convert_to_tensor(order.astype(np.int32))
     cat = model.likelihood == "cat"
 
+    refresh = model.window_refresh_positions()
+
     def body(t, canvas, cache):
-        out, cache = model.call_step(canvas, cache, ops.take(order, t))
+        out, cache = model.call_step(canvas, cache, ops.take(order, t),
+                                     window_ready=refresh is not None)
         seed_t = step_seed(seed, t)
         y, x = ops.take(rows, t), ops.take(cols, t)
         value = draw_values(model.likelihood, out, seed_t, temperature, top_k)
@@ -99,8 +102,29 @@ def decode_steps(model, canvas, cache, seed, temperature, num_prefix_rows, start
         value = ops.where(y < num_prefix_rows, kept, ops.cast(value, canvas.dtype))
         return t + 1, ops.slice_update(canvas, begin, value), cache
 
+    if refresh is None:
+        _, canvas, cache = ops.while_loop(
+            lambda t, canvas, cache: t < stop, body, (start, canvas, cache)
+        )
+        return canvas, cache
+
+    # local_2d: an outer loop over query blocks refreshes the window buffers
+    # (refresh_cache), an inner loop decodes the block's steps from them.
+    starts = np.flatnonzero(refresh[generation_order(model)])
+    total = num_steps(model)
+    block_end = np.full(total, total, np.int32)  # first refresh step after t
+    for a, b in zip(starts[:-1], starts[1:]):
+        block_end[a:b] = b
+    block_end[:starts[0]] = starts[0]
+    block_end = ops.convert_to_tensor(block_end)
+
+    def block_body(t, canvas, cache):
+        cache = model.refresh_cache(cache, ops.take(order, t))
+        end = ops.minimum(ops.take(block_end, t), stop)
+        return ops.while_loop(lambda t, canvas, cache: t < end, body, (t, canvas, cache))
+
     _, canvas, cache = ops.while_loop(
-        lambda t, canvas, cache: t < stop, body, (start, canvas, cache)
+        lambda t, canvas, cache: t < stop, block_body, (start, canvas, cache)
     )
     return canvas, cache
 

@@ -67,12 +67,19 @@ CASES = [
 ENCDEC_CASES = [("local_1d", "cat", {}), ("local_2d", "dmol", {}), ("global", "cat", {})]
 
 
+ALL_CASES = ([(ImageTransformer,) + case for case in CASES]
+             + [(Img2ImgTransformer,) + case for case in ENCDEC_CASES])
+
+
 @pytest.mark.parametrize(
-    "cls,attention,likelihood,overrides",
-    [(ImageTransformer,) + case for case in CASES]
-    + [(Img2ImgTransformer,) + case for case in ENCDEC_CASES],
+    "cls,attention,likelihood,overrides,window",
+    [case + ("conditional",) for case in ALL_CASES]
+    + [case + ("refreshed",) for case in ALL_CASES if case[1] == "local_2d"],
 )
-def test_cached_steps_equal_the_full_forward_pass(cls, attention, likelihood, overrides):
+def test_cached_steps_equal_the_full_forward_pass(cls, attention, likelihood, overrides, window):
+    # window="refreshed": local_2d window buffers filled by refresh_cache at each block's
+    # first position and, to show it is correct anywhere, every 5th step; then
+    # call_step(window_ready=True). "conditional": call_step gathers them itself.
     model = tiny(cls, dec_attention_type=attention, likelihood=likelihood, **overrides)
     rng = np.random.RandomState(0)
     images = rng.randint(0, 256, (2, H, W, 3)).astype(np.int32)
@@ -84,13 +91,17 @@ def test_cached_steps_equal_the_full_forward_pass(cls, attention, likelihood, ov
         features["inputs"] = rng.randint(0, 256, (2, 2, 2, 3)).astype(np.int32)
     full = np.asarray(model(features))
     cache = model.init_cache(2, {k: v for k, v in features.items() if k != "targets"})
-    step = tf.function(model.call_step)
+    ready = window == "refreshed"
+    step = tf.function(lambda *args: model.call_step(*args, window_ready=ready))
+    refresh = tf.function(model.refresh_cache)
     order = independent_order(model)
     done = np.zeros(len(order), bool)
-    for position in order:
+    for t, position in enumerate(order):
         # Only the positions generated so far hold the image; the rest is garbage.
         canvas = np.where(done[None, :, None], grid_values(images, model),
                           grid_values(garbage, model)).reshape(images.shape)
+        if ready and (model.window_refresh_positions()[position] or t % 5 == 3):
+            cache = refresh(cache, tf.constant(int(position)))
         out, cache = step(tf.constant(canvas), cache, tf.constant(int(position)))
         np.testing.assert_allclose(np.asarray(out), step_outputs(full, model, position),
                                    atol=1e-5, rtol=0)
