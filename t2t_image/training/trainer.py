@@ -64,8 +64,8 @@ class Trainer:
         num_samples: int, images per sample grid.
         strategy: "default", "mirrored", "multi_worker" or "tpu".
         jit_compile: True, False or "auto" (default): XLA-compile the train step;
-            "auto" uses XLA except for mixed_bfloat16 on a CPU, where the graph
-            executor's oneDNN bfloat16 matmuls are ~5x faster than XLA:CPU's
+            "auto" uses XLA on GPUs and TPUs, not on a CPU, where the graph
+            executor's oneDNN kernels are faster (bfloat16 matmuls ~5x)
             (t2t_image/training/compilation.py).
         precision: None/"float32", "mixed_bfloat16" or "mixed_float16".
         seed: int, seed of weight initialisation and dropout.

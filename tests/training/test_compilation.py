@@ -6,10 +6,10 @@ from t2t_image.training import compilation
 
 
 @pytest.mark.parametrize("precision, device, expected", [
-    (None, "CPU", True),
-    ("float32", "CPU", True),
+    (None, "CPU", False),  # the graph executor's oneDNN kernels are faster on a CPU
+    ("float32", "CPU", False),
     ("mixed_bfloat16", "CPU", False),  # XLA:CPU has no oneDNN bfloat16 matmuls
-    ("mixed_float16", "CPU", True),
+    ("mixed_float16", "CPU", False),
     ("mixed_bfloat16", "GPU", True),
     ("mixed_bfloat16", "TPU", True),
     ("float32", "GPU", True),
@@ -45,7 +45,7 @@ def test_bfloat16_trainer_runs_without_xla_and_learns_like_float32(tmp_path, sha
     results = {}
     for precision in ("float32", "mixed_bfloat16"):
         trainer = _trainer(tmp_path / precision, npz, precision=precision)
-        assert trainer.jit_compile is (precision == "float32")  # "auto" on a CPU
+        assert trainer.jit_compile is False  # "auto" on a CPU
         results[precision] = trainer.train()["bits_per_dim"]
     assert results["float32"] < 8.0  # below a uniform model: it learned something
     assert abs(results["mixed_bfloat16"] - results["float32"]) < 0.03, results
