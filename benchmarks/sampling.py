@@ -26,7 +26,10 @@ reference), cached with ``--window_stride`` (a coarser placement), and ``sample`
 (``imagetransformer_cifar10_base``: 12 layers, d 512) and ``gin/models/local1d_dmol.gin``
 (the DMOL model), random weights: seconds per 32x32 image of the cached sampler, timed
 over ``--paper_steps`` steps after a first chunk (compilation) and extrapolated to all
-steps (a cached step costs the same at every position).
+steps (a cached step costs the same at every position; a local_2d step also
+gathers its query block's key window once per block, included pro rata or more).
+``--paper_attention local_1d local_2d`` times the same models with 1D and 2D local
+attention side by side.
 
 Prints tables. Nothing is written.
 """
@@ -109,30 +112,35 @@ def measure_sliding(batch_size, window_stride, reference_chunks):
            per_step * 32 * 32 * 3)
 
 
-def paper_model(gin_file):
+def paper_model(gin_file, attention=None):
     import gin
 
     import t2t_image.configurables as configurables
 
+    bindings = ["t2t_image.ImageTransformer.layer_prepostprocess_dropout = 0.0"]
+    if attention is not None:
+        bindings.append(f"t2t_image.ImageTransformer.dec_attention_type = '{attention}'")
     gin.clear_config()
-    gin.parse_config_files_and_bindings(
-        [str(REPO / "gin" / "models" / gin_file)],
-        ["t2t_image.ImageTransformer.layer_prepostprocess_dropout = 0.0"])
+    gin.parse_config_files_and_bindings([str(REPO / "gin" / "models" / gin_file)], bindings)
     model = configurables.ImageTransformer()
     gin.clear_config()
     model({"targets": np.zeros((1, 32, 32, 3), np.int32)})
     return model
 
 
-def measure_paper(gin_file, batch_sizes, steps):
-    model = paper_model(gin_file)
+def measure_paper(gin_file, batch_sizes, steps, attention=None):
+    model = paper_model(gin_file, attention)
     total = model.grid_shape[0] * model.grid_shape[1]
     chunks = max(2, total // steps)
+    name = gin_file
+    if model.dec_attention_type == "local_2d":
+        name += (f", local_2d (query {model.query_shape[0]}x{model.query_shape[1]}, "
+                 f"flange {model.memory_flange[0]}x{model.memory_flange[1]})")
     for batch_size in batch_sizes:
         per_step = seconds_per_step(
             lambda progress, chunks: sample(model, batch_size, seed=1, progress=progress,
                                             progress_chunks=chunks), chunks, 1)
-        yield (gin_file, model.num_decoder_layers, batch_size, per_step,
+        yield (name, model.num_decoder_layers, batch_size, per_step,
                per_step * total / batch_size, total)
 
 
@@ -190,6 +198,10 @@ def main() -> None:
                         default=["local1d_cat_12l_4h.gin", "local1d_dmol.gin"])
     parser.add_argument("--paper_batches", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--paper_steps", type=int, default=96)
+    parser.add_argument("--paper_attention", nargs="+", default=["file"],
+                        choices=["file", "local_1d", "local_2d"],
+                        help="decoder attention of the --paper models: as in the gin file, "
+                             "or bound to local_1d / local_2d (model defaults otherwise)")
     args = parser.parse_args()
     if args.sliding or args.paper:
         print(f"# {_cpu_model()}, {os.cpu_count()} logical CPUs, TensorFlow {tf.__version__}; "
@@ -206,9 +218,11 @@ def main() -> None:
     if args.paper:
         print("| model (gin/models) | layers | batch | s/step | s/image (extrapolated) |")
         print("| --- | ---: | ---: | ---: | ---: |")
-        for gin_file in args.paper_models:
+        rows = [(gin_file, None if attention == "file" else attention)
+                for gin_file in args.paper_models for attention in args.paper_attention]
+        for gin_file, attention in rows:
             for name, layers, batch, per_step, per_image, _ in measure_paper(
-                    gin_file, args.paper_batches, args.paper_steps):
+                    gin_file, args.paper_batches, args.paper_steps, attention):
                 print(f"| {name} | {layers} | {batch} | {per_step:.4f} | {per_image:.2f} |",
                       flush=True)
     if args.sliding or args.paper:
