@@ -281,6 +281,32 @@ def cached_segments(model, plan):
     return position.astype(np.int64), starts.astype(np.int64)
 
 
+def segment_ends(model, positions, starts):
+    """For each step of a cached plan, one past the last step decoded from its window buffers.
+
+    local_2d decoders read their query block's key window from a buffer
+    (``ImageTransformer.refresh_cache``) that is refilled at every run start
+    and every query block start; other decoders need no refill, so a segment
+    is the whole run.
+
+    Args:
+        model: an ``ImageTransformer``.
+        positions, starts: ``cached_segments``'s results.
+
+    Returns:
+        int64 `[S]`: the first step after step ``k`` that starts a run or a
+        query block (``S`` after the last).
+    """
+    total = len(positions)
+    boundary = np.zeros(total + 1, bool)
+    boundary[starts] = True
+    refresh = model.window_refresh_positions()
+    if refresh is not None and total:
+        boundary[:total] |= refresh[positions]
+    following = np.flatnonzero(boundary)  # sorted, ends with `total`
+    return following[np.searchsorted(following, np.arange(total), side="right")].astype(np.int64)
+
+
 def cached_sliding_window_steps(model, canvas, cache, conditioning, seed, temperature, plan,
                                 start, stop, top_k=0):
     """Runs runs ``[start, stop)`` of a plan with window caches (``cached_segments``).
@@ -289,7 +315,7 @@ def cached_sliding_window_steps(model, canvas, cache, conditioning, seed, temper
     over it (``prefill_cache``) and decodes its steps with ``call_step``,
     drawing as ``sliding_window_steps`` does (same seeds, same positions),
     so the canvas equals the uncached one up to float rounding of the
-    logits. Two nested ``keras.ops.while_loop``s.
+    logits. Nested ``keras.ops.while_loop``s: runs, window-buffer segments, steps.
 
     Args:
         model: a built decoder-only ``ImageTransformer``.
@@ -298,8 +324,8 @@ def cached_sliding_window_steps(model, canvas, cache, conditioning, seed, temper
         conditioning: dict of tensors (``labels``), maybe empty.
         seed, temperature: as in ``sliding_window_steps``.
         plan: dict of int32 tensors: ``steps``, ``rows``, ``cols``,
-            ``channels``, ``tops``, ``lefts``, ``positions`` `[S]` and
-            ``starts`` `[R + 1]`.
+            ``channels``, ``tops``, ``lefts``, ``positions``, ``ends``
+            (``segment_ends``) `[S]` and ``starts`` `[R + 1]`.
         start: scalar int32 tensor, first run.
         stop: scalar int32 tensor, one past the last run.
         top_k: static int.
@@ -314,8 +340,11 @@ def cached_sliding_window_steps(model, canvas, cache, conditioning, seed, temper
         top, left = ops.take(plan["tops"], k), ops.take(plan["lefts"], k)
         return ops.slice(canvas, (0, top, left, 0), (ops.shape(canvas)[0], h, w, c))
 
+    ready = model.window_refresh_positions() is not None
+
     def step(k, canvas, cache):
-        out, cache = model.call_step(crop(canvas, k), cache, ops.take(plan["positions"], k))
+        out, cache = model.call_step(crop(canvas, k), cache, ops.take(plan["positions"], k),
+                                     window_ready=ready)
         y, x = ops.take(plan["rows"], k), ops.take(plan["cols"], k)
         seed_k = step_seed(seed, ops.take(plan["steps"], k))
         value = draw_values(model.likelihood, out, seed_k, temperature, top_k)
@@ -329,9 +358,17 @@ def cached_sliding_window_steps(model, canvas, cache, conditioning, seed, temper
         first, end = ops.take(plan["starts"], r), ops.take(plan["starts"], r + 1)
         cache = model.prefill_cache(dict(conditioning, targets=crop(canvas, first)), cache,
                                     ops.take(plan["positions"], first))
-        _, canvas, cache = ops.while_loop(lambda k, canvas, cache: k < end, step,
+        _, canvas, cache = ops.while_loop(lambda k, canvas, cache: k < end, segment,
                                           (first, canvas, cache))
         return r + 1, canvas, cache
+
+    def segment(k, canvas, cache):
+        # Steps decoded from one fill of the local_2d window buffers (the whole run
+        # for other decoders); prefill_cache has filled them at the run's start.
+        if ready:
+            cache = model.refresh_cache(cache, ops.take(plan["positions"], k))
+        end = ops.take(plan["ends"], k)
+        return ops.while_loop(lambda k, canvas, cache: k < end, step, (k, canvas, cache))
 
     _, canvas, cache = ops.while_loop(lambda r, canvas, cache: r < stop, run,
                                       (start, canvas, cache))
@@ -424,6 +461,7 @@ def sample_sliding_window(model, num_samples, height, width, *, seed=0, temperat
     total = len(steps)
     if cached:
         plan["positions"], plan["starts"] = cached_segments(model, plan)
+        plan["ends"] = segment_ends(model, plan["positions"], plan["starts"])
     plan = {name: ops.convert_to_tensor(value.astype(np.int32)) for name, value in plan.items()}
     shape = (args["num_samples"], int(height), int(width), model.num_channels)
     canvas = ops.convert_to_tensor(

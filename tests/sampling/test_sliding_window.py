@@ -11,6 +11,7 @@ from t2t_image.sampling import reference_sample
 from t2t_image.sampling import sample
 from t2t_image.sampling.common import dummy_features
 from t2t_image.sampling.sliding_window import cached_segments
+from t2t_image.sampling.sliding_window import segment_ends
 from t2t_image.sampling.sliding_window import sample_sliding_window
 from t2t_image.sampling.sliding_window import sliding_window_plan
 from tests.sampling.test_sampler import _dmol_mode
@@ -325,3 +326,24 @@ def test_a_larger_stride_moves_the_window_less_often():
         assert np.all(plan["tops"] % stride == 0) and np.all(plan["lefts"] % stride == 0)
     # 8 canvas rows, windows per row: 1 + 4 moving (stride 1), 3 (stride 2), 2 (stride 4).
     assert runs[1] > runs[2] > runs[4] == 8 * 2
+
+
+@pytest.mark.parametrize("attention", ["local_2d", "local_1d"])
+def test_window_buffer_segments_split_runs_at_query_blocks(attention):
+    model = rgb(attention, layers=1, query_shape=(2, 4))
+    plan = sliding_window_plan(model, 8, 12, window_stride=(2, 4))
+    positions, starts = cached_segments(model, plan)
+    ends = segment_ends(model, positions, starts)
+    run_end = starts[np.searchsorted(starts, np.arange(len(positions)), side="right")]
+    if attention == "local_1d":  # no window buffers: a segment is the whole run
+        np.testing.assert_array_equal(ends, run_end)
+        return
+    assert np.all(ends > np.arange(len(positions))) and np.all(ends <= run_end)
+    cols = model.grid_shape[1]
+    block = (positions // cols // 2) * 100 + (positions % cols) // 4
+    first = np.r_[True, ends[:-1] != ends[1:]]  # the steps that start a segment
+    for k in np.flatnonzero(first):
+        assert len(set(block[k:ends[k]])) == 1  # one query block per segment
+    refresh = model.window_refresh_positions()[positions]
+    assert np.all(first[refresh]) and np.all(first[starts[:-1]])
+    assert first.sum() > len(starts) - 1  # some runs span several query blocks
