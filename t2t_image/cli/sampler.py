@@ -81,6 +81,9 @@ def define_flags():
     define("integer", "height", None, "Rows to sample (default: the training size); larger "
            "than the training size uses a sliding window.")
     define("integer", "width", None, "Columns to sample (default: the training size).")
+    define("integer", "window_stride", 1, "Beyond the training size: the sliding window moves in "
+           "steps of this many pixels (codes) along both axes. 1 follows every pixel; 4 is "
+           "about 2.5x faster (another, equally valid window placement).")
     define("string", "size_units", "pixels", "Units of --height/--width for two-stage models: "
            "pixels or codes.")
     define("boolean", "jit_compile", True, "Compile the sampling loop with XLA.")
@@ -181,7 +184,7 @@ def check_writable(flag, path):
 
 def check_flags(num_samples, temperature, seed, label=None, complete=False, rows=None,
                 batch_size=16, columns=None, top_k=None, height=None, width=None,
-                size_units="pixels"):
+                size_units="pixels", window_stride=1):
     """Checks the sampling flags that need no model (the CLI runs this first).
 
     Not a T2T function (fail early, naming the flag).
@@ -198,6 +201,7 @@ def check_flags(num_samples, temperature, seed, label=None, complete=False, rows
         top_k: None or int > 0 (the upper bound needs the model).
         height, width: None or ints > 0, both or neither.
         size_units: "pixels" or "codes".
+        window_stride: int > 0.
 
     Raises:
         app.UsageError: naming the flag and the value received.
@@ -209,7 +213,7 @@ def check_flags(num_samples, temperature, seed, label=None, complete=False, rows
     positive("num_samples", num_samples)
     positive("batch_size", batch_size)
     for name, value in (("columns", columns), ("top_k", top_k), ("height", height),
-                        ("width", width)):
+                        ("width", width), ("window_stride", window_stride)):
         if value is not None:
             positive(name, value)
     if (height is None) != (width is None):
@@ -358,7 +362,7 @@ class _Progress:
 
 def run_sampler(model, num_samples, temperature, seed, label=None, inputs=None, complete=None,
                 rows=None, batch_size=16, jit_compile=True, progress=True, top_k=None,
-                height=None, width=None, first_stage=None):
+                height=None, width=None, first_stage=None, window_stride=1):
     """Samples like the CLI does: in batches, batch ``b`` with seed ``seed + b``.
 
     Parmar et al. 2018, Sec. 5 (unconditional, class-conditional and
@@ -381,6 +385,7 @@ def run_sampler(model, num_samples, temperature, seed, label=None, inputs=None, 
         height, width: None (the training size) or the grid to sample (codes
             for a two-stage model); larger grids use a sliding window.
         first_stage: None, or the ``VQAutoencoder`` that decodes the prior's codes.
+        window_stride: int, the sliding window's step (both axes) beyond the training size.
 
     Raises:
         app.UsageError: for bad arguments (``check_flags``,
@@ -396,7 +401,7 @@ def run_sampler(model, num_samples, temperature, seed, label=None, inputs=None, 
     from t2t_image.two_stage.sampler import sample_two_stage
 
     check_flags(num_samples, temperature, seed, label, complete is not None, rows, batch_size,
-                top_k=top_k, height=height, width=width)
+                top_k=top_k, height=height, width=width, window_stride=window_stride)
     check_against_model(model, label, inputs, complete, rows, top_k, height, width, first_stage)
     n = num_samples
     conditioning = {}
@@ -421,12 +426,14 @@ def run_sampler(model, num_samples, temperature, seed, label=None, inputs=None, 
                       jit_compile=jit_compile)
         if first_stage is not None:
             images, grids = sample_two_stage(model, first_stage, count, height, width,
-                                             labels=part.get("labels"), **common)
+                                             labels=part.get("labels"),
+                                             window_stride=(window_stride,) * 2, **common)
             samples.append(images.astype(np.uint8))
             codes.append(grids)
         elif larger:
             samples.append(sample_sliding_window(model, count, height, width,
                                                  labels=part.get("labels"),
+                                                 window_stride=(window_stride,) * 2,
                                                  progress=report if progress else None, **common))
         else:
             samples.append(sample(model, count, progress=report if progress else None,
@@ -463,7 +470,7 @@ def main(argv):
         raise app.UsageError("--model_dir (or --checkpoint) is required.")
     check_flags(FLAGS.num_samples, FLAGS.temperature, FLAGS.seed, FLAGS.label,
                 FLAGS.complete is not None, FLAGS.rows, FLAGS.batch_size, FLAGS.columns,
-                FLAGS.top_k, FLAGS.height, FLAGS.width, FLAGS.size_units)
+                FLAGS.top_k, FLAGS.height, FLAGS.width, FLAGS.size_units, FLAGS.window_stride)
     check_writable("output", FLAGS.output)  # before minutes of sampling, not after
     if FLAGS.npz:  # written as NAME.npz when the name lacks the suffix (see _write_outputs)
         check_writable("npz", FLAGS.npz if FLAGS.npz.endswith(".npz") else FLAGS.npz + ".npz")
@@ -517,7 +524,7 @@ def _sample(inputs, complete):
         samples, conditioning, seconds = run_sampler(
             model, FLAGS.num_samples, FLAGS.temperature, FLAGS.seed, FLAGS.label, inputs,
             complete, FLAGS.rows, FLAGS.batch_size, FLAGS.jit_compile, FLAGS.progress,
-            FLAGS.top_k, height, width, first_stage)
+            FLAGS.top_k, height, width, first_stage, FLAGS.window_stride)
     except ValueError as e:  # the sampler's own argument checks (should not fire)
         raise app.UsageError(str(e)) from e
     return samples, conditioning, seconds, model

@@ -44,7 +44,8 @@ def grid_size(first_stage, height, width, units="codes"):
 
 
 def sample_two_stage(prior, first_stage, num_samples, height=None, width=None, seed=0,
-                     temperature=1.0, top_k=None, labels=None, jit_compile=True):
+                     temperature=1.0, top_k=None, labels=None, jit_compile=True,
+                     window_stride=(1, 1)):
     """Samples code grids from ``prior`` and decodes them with ``first_stage``.
 
     Args:
@@ -57,6 +58,8 @@ def sample_two_stage(prior, first_stage, num_samples, height=None, width=None, s
         seed: int; temperature: float >= 0 (0: argmax); top_k: None or int.
         labels: int `[num_samples]` for a class-conditional prior.
         jit_compile: XLA-compile the sampling loop.
+        window_stride: (rows, cols), the sliding window's step in codes beyond
+            the training grid (``sample_sliding_window``).
 
     Returns:
         ``(images, codes)``: int32 `[n, height * f, width * f, 3]` in 0..255
@@ -73,7 +76,8 @@ def sample_two_stage(prior, first_stage, num_samples, height=None, width=None, s
                        top_k=top_k, jit_compile=jit_compile)
     else:
         codes = sample_sliding_window(prior, num_samples, height, width, seed=seed,
-                                      temperature=temperature, top_k=top_k, labels=labels)
+                                      temperature=temperature, top_k=top_k, labels=labels,
+                                      jit_compile=jit_compile, window_stride=window_stride)
     codes = np.asarray(codes, np.int32)[..., 0]
     images = np.asarray(first_stage.images_from_codes(codes), np.int32)
     return images, codes

@@ -117,6 +117,7 @@ def write_npz(path, array):
 # check that ran after loading would report the missing model instead.
 BAD_FLAGS = {
     "num_samples_zero": (["--num_samples=0"], ["--num_samples must be a positive", "got 0"]),
+    "window_stride_zero": (["--window_stride=0"], ["--window_stride must be a positive", "got 0"]),
     "num_samples_negative": (["--num_samples=-2"], ["--num_samples", "got -2"]),
     "num_samples_not_int": (["--num_samples=two"], ["--num_samples=two"]),
     "label_not_int": (["--label=1.5"], ["--label=1.5"]),
@@ -261,3 +262,18 @@ def test_exporter_usage_errors(in_folder, args, message):
     finally:
         flags.FLAGS.unparse_flags()
     assert not (in_folder / "out").exists()
+
+
+def test_window_stride_moves_the_sliding_window_like_the_library(model_dir):
+    from t2t_image.cli.sampler import run_sampler
+    from t2t_image.sampling import sample_sliding_window
+
+    model = model_dir[0]  # 4x4 training size; an 8x8 canvas needs a sliding window
+    got = {}
+    for stride in (1, 2):
+        got[stride], _, _ = run_sampler(model, 2, 1.0, 5, label=1, progress=False, height=8,
+                                        width=8, batch_size=2, window_stride=stride)
+    want = sample_sliding_window(model, 2, 8, 8, seed=5, labels=np.full(2, 1),
+                                 window_stride=(2, 2))
+    np.testing.assert_array_equal(got[2], want)
+    assert not np.array_equal(got[1], got[2])  # another window placement, other draws
