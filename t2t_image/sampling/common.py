@@ -426,3 +426,31 @@ def conditioning_features(args):
     if args["inputs"] is not None:
         features["inputs"] = args["inputs"]
     return features
+
+
+def segment_ends(model, positions, starts):
+    """For each decoding step, one past the last step decoded from its window buffers.
+
+    local_2d decoders read their query block's key window from a buffer
+    (``ImageTransformer.refresh_cache``) that is refilled at every run start
+    and every query block start; other decoders need no refill, so a segment
+    is the whole run. Used by ``decode_steps`` (one run: the generation order)
+    and the cached sliding window (``cached_segments``'s runs). Not in T2T.
+
+    Args:
+        model: an ``ImageTransformer``.
+        positions: int `[S]`, each step's raster index on the model's grid.
+        starts: int `[R + 1]`, the first step of every run and ``S``.
+
+    Returns:
+        int64 `[S]`: the first step after step ``k`` that starts a run or a
+        query block (``S`` after the last).
+    """
+    total = len(positions)
+    boundary = np.zeros(total + 1, bool)
+    boundary[starts] = True
+    refresh = model.window_refresh_positions()
+    if refresh is not None and total:
+        boundary[:total] |= refresh[positions]
+    following = np.flatnonzero(boundary)  # sorted, ends with `total`
+    return following[np.searchsorted(following, np.arange(total), side="right")].astype(np.int64)

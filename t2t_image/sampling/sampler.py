@@ -24,6 +24,7 @@ from t2t_image.sampling.common import (
     generation_order,
     loop_seed,
     output_dtype,
+    segment_ends,
     step_coordinates,
     step_seed,
 )
@@ -110,13 +111,9 @@ def decode_steps(model, canvas, cache, seed, temperature, num_prefix_rows, start
 
     # local_2d: an outer loop over query blocks refreshes the window buffers
     # (refresh_cache), an inner loop decodes the block's steps from them.
-    starts = np.flatnonzero(refresh[generation_order(model)])
     total = num_steps(model)
-    block_end = np.full(total, total, np.int32)  # first refresh step after t
-    for a, b in zip(starts[:-1], starts[1:]):
-        block_end[a:b] = b
-    block_end[:starts[0]] = starts[0]
-    block_end = ops.convert_to_tensor(block_end)
+    block_end = segment_ends(model, generation_order(model), np.array([0, total]))
+    block_end = ops.convert_to_tensor(block_end.astype(np.int32))
 
     def block_body(t, canvas, cache):
         cache = model.refresh_cache(cache, ops.take(order, t))

@@ -40,6 +40,7 @@ from t2t_image.sampling.common import (
     loop_seed,
     needs_inputs,
     output_dtype,
+    segment_ends,
     step_seed,
 )
 from t2t_image.sampling.compiled import compiled, finished
@@ -279,32 +280,6 @@ def cached_segments(model, plan):
     moved = (np.diff(plan["tops"]) != 0) | (np.diff(plan["lefts"]) != 0) | (np.diff(rank) != 1)
     starts = np.concatenate([[0], np.nonzero(moved)[0] + 1, [len(position)]])
     return position.astype(np.int64), starts.astype(np.int64)
-
-
-def segment_ends(model, positions, starts):
-    """For each step of a cached plan, one past the last step decoded from its window buffers.
-
-    local_2d decoders read their query block's key window from a buffer
-    (``ImageTransformer.refresh_cache``) that is refilled at every run start
-    and every query block start; other decoders need no refill, so a segment
-    is the whole run.
-
-    Args:
-        model: an ``ImageTransformer``.
-        positions, starts: ``cached_segments``'s results.
-
-    Returns:
-        int64 `[S]`: the first step after step ``k`` that starts a run or a
-        query block (``S`` after the last).
-    """
-    total = len(positions)
-    boundary = np.zeros(total + 1, bool)
-    boundary[starts] = True
-    refresh = model.window_refresh_positions()
-    if refresh is not None and total:
-        boundary[:total] |= refresh[positions]
-    following = np.flatnonzero(boundary)  # sorted, ends with `total`
-    return following[np.searchsorted(following, np.arange(total), side="right")].astype(np.int64)
 
 
 def cached_sliding_window_steps(model, canvas, cache, conditioning, seed, temperature, plan,

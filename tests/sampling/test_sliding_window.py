@@ -10,8 +10,8 @@ from t2t_image.sampling import generation_order
 from t2t_image.sampling import reference_sample
 from t2t_image.sampling import sample
 from t2t_image.sampling.common import dummy_features
+from t2t_image.sampling.common import segment_ends
 from t2t_image.sampling.sliding_window import cached_segments
-from t2t_image.sampling.sliding_window import segment_ends
 from t2t_image.sampling.sliding_window import sample_sliding_window
 from t2t_image.sampling.sliding_window import sliding_window_plan
 from tests.sampling.test_sampler import _dmol_mode
