@@ -37,8 +37,10 @@ def define_flags():
         "instead of the model directory's latest.")
     define("string", "export_dir", None, "Directory of the SavedModel to write.")
     define("boolean", "jit_compile", True, "Compile the exported sampling loop with XLA.")
-    define("boolean", "overwrite", False, "Replace an existing non-empty --export_dir "
-           "(atomically: the new export is written beside it and swapped in).")
+    define("boolean", "overwrite", False, "Replace an existing export in --export_dir "
+           "(atomically: the new export is written beside it and swapped in). Only a folder "
+           "holding an export this tool wrote (its t2t_image_export.json lists every file) "
+           "is replaced; a folder with other files or inside a model_dir is refused.")
     define("integer", "max_num_samples", None, "Most images one SavedModel request may "
            "sample, complete or score (more is refused by name); default 64.")
 
@@ -58,7 +60,8 @@ def main(argv):
     if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
         raise app.UsageError(f"--export_dir={FLAGS.export_dir} is a file, not a directory.")
     if os.path.isdir(FLAGS.export_dir) and os.listdir(FLAGS.export_dir) and not FLAGS.overwrite:
-        raise app.UsageError(f"--export_dir={FLAGS.export_dir} is not empty (pass --overwrite).")
+        raise app.UsageError(f"--export_dir={FLAGS.export_dir} is not empty (pass --overwrite "
+                             "to replace an export written by this tool).")
     if FLAGS.max_num_samples is not None and FLAGS.max_num_samples < 1:
         raise app.UsageError(f"--max_num_samples must be >= 1, got {FLAGS.max_num_samples}.")
     limits = {} if FLAGS.max_num_samples is None else {"max_num_samples": FLAGS.max_num_samples}
@@ -66,6 +69,12 @@ def main(argv):
     from t2t_image.cli import errors
 
     errors.import_tensorflow_quietly()  # TF's start-up log lines stay hidden
+    from t2t_image.export import atomic
+
+    try:  # --overwrite replaces only an export this tool wrote, never a run's or other files
+        atomic.check_replaceable(FLAGS.export_dir)
+    except atomic.ExportDirError as e:
+        raise app.UsageError(f"--{e}") from e
     from t2t_image.export import export_saved_model
     from t2t_image.training.model_loading import load_model_and_first_stage
     from t2t_image.two_stage import export_two_stage_saved_model

@@ -35,5 +35,12 @@ def parse_gin(gin_files, gin_params):
         files.append(str(found[0]))
     try:
         gin.parse_config_files_and_bindings(files, gin_params or [], finalize_config=False)
+    except NameError as e:  # gin's dynamic_registration mode: a name no import provided
+        raise ValueError(
+            f"gin configuration error: {e}\nA gin file with `from __gin__ import "
+            "dynamic_registration` names configurables through its imports (e.g. `from "
+            "t2t_image.training import trainer` then `trainer.Trainer.num_train_steps = 3`); "
+            "the registered names such as t2t_image.Trainer work in files without that line."
+        ) from e
     except (ValueError, KeyError, SyntaxError, IOError) as e:
         raise ValueError(f"gin configuration error: {e}") from e

@@ -12,13 +12,16 @@ import pytest
 import tensorflow as tf
 
 from t2t_image.export import export_saved_model
+from t2t_image.export.atomic import MARKER
+from t2t_image.export.atomic import ExportDirError
 from t2t_image.export.atomic import staging_dir
 from t2t_image.export.atomic import write_folder_atomically
 from t2t_image.models import ImageTransformer
 
 
 def _files(folder):
-    return {name: (folder / name).read_text() for name in sorted(os.listdir(folder))}
+    return {name: (folder / name).read_text() for name in sorted(os.listdir(folder))
+            if name != MARKER}
 
 
 def test_replace_keeps_the_old_folder_until_the_new_one_is_complete(tmp_path):
@@ -52,8 +55,57 @@ def test_replace_keeps_the_old_folder_until_the_new_one_is_complete(tmp_path):
     write_folder_atomically(tmp_path / "empty", write("v4"))
     assert _files(tmp_path / "empty")["a.txt"] == "v4 a.txt"
     (tmp_path / "file").write_text("x")
-    with pytest.raises(FileExistsError, match="exists and is not a folder"):
+    with pytest.raises(ExportDirError, match="exists and is not a folder"):
         write_folder_atomically(tmp_path / "file", write("v5"))
+
+
+def _fill(folder):
+    with open(os.path.join(folder, "saved_model.pb"), "w") as f:
+        f.write("new")
+
+
+def _tree(folder):
+    return {os.path.relpath(os.path.join(r, n), folder): open(os.path.join(r, n), "rb").read()
+            for r, _, names in os.walk(folder) for n in names}
+
+
+def test_only_an_export_this_project_wrote_is_replaced(tmp_path):
+    """Issue 24: --overwrite replaced a folder of the user's files, and a run's checkpoints/."""
+    # A folder of someone's files: refused, untouched, nothing written beside it.
+    photos = tmp_path / "photos"
+    (photos / "2024").mkdir(parents=True)
+    (photos / "2024" / "a.jpg").write_bytes(b"\xff\xd8 holiday")
+    before = _tree(photos)
+    with pytest.raises(ExportDirError, match=f"{photos} is not an export written by t2t_image "
+                       f"\\(no valid {MARKER}; it holds 2024/a.jpg\\)"):
+        write_folder_atomically(photos, _fill)
+    assert _tree(photos) == before and sorted(os.listdir(tmp_path)) == ["photos"]
+    # A run's folders (here its checkpoints/, and the model_dir itself), marker or not.
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "model_config.json").write_text("{}")
+    (run / "checkpoints" / "ckpt-2.index").write_bytes(b"index")
+    (run / "checkpoints" / MARKER).write_text('{"written_by": "t2t_image export", "files": '
+                                              '["ckpt-2.index"]}')
+    before = _tree(run)
+    for target in (run / "checkpoints", run):
+        with pytest.raises(ExportDirError, match="holds a training run"):
+            write_folder_atomically(target, _fill)
+    assert _tree(run) == before
+    # An export it wrote: replaced; with a file added by someone: refused, naming it.
+    export = tmp_path / "export"
+    write_folder_atomically(export, _fill)
+    assert sorted(os.listdir(export)) == ["saved_model.pb", MARKER]
+    write_folder_atomically(export, _fill)
+    (export / "notes.txt").write_text("mine")
+    with pytest.raises(ExportDirError, match=r"holds files the export did not write \(notes.txt\)"):
+        write_folder_atomically(export, _fill)
+    assert (export / "notes.txt").read_text() == "mine"
+    # A damaged marker counts as none.
+    (export / "notes.txt").unlink()
+    (export / MARKER).write_text("[1, 2]")
+    with pytest.raises(ExportDirError, match="no valid"):
+        write_folder_atomically(export, _fill)
 
 
 CHILD = textwrap.dedent("""

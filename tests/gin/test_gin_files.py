@@ -840,3 +840,23 @@ def test_misspelled_model_hyperparameter_is_named_when_the_model_is_built():
               ["t2t_image.ImageTransformer.hiden_size = 64"])
     with pytest.raises(ValueError, match="hiden_size"):
         model_selector().scoped_configurable_fn()
+
+
+def test_dynamic_registration_file_with_registered_names_is_a_named_error(tmp_path):
+    # Issue 24: gin's dynamic_registration mode resolves names through the file's imports;
+    # `t2t_image.Trainer` there raised a raw NameError traceback.
+    bad = tmp_path / "dynamic.gin"
+    bad.write_text("from __gin__ import dynamic_registration\ninclude 'tiny.gin'\n"
+                   "t2t_image.Trainer.num_train_steps = 3\n")
+    with pytest.raises(ValueError, match=r"(?s)'t2t_image' was not provided by an import "
+                       rf"statement.*{re.escape(str(bad))}\", line 3.*from t2t_image.training "
+                       "import trainer"):
+        parse_gin([str(bad)], [])
+    # Through its imports, the same file works.
+    gin.clear_config()
+    good = tmp_path / "imports.gin"
+    good.write_text("from __gin__ import dynamic_registration\n"
+                    "from t2t_image.training import trainer\ninclude 'tiny.gin'\n"
+                    "trainer.Trainer.num_train_steps = 3\n")
+    parse_gin([str(good)], [])
+    assert gin.query_parameter("t2t_image.Trainer.num_train_steps") == 3  # not tiny.gin's 6
