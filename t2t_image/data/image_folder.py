@@ -13,6 +13,12 @@ a warning naming the file is logged; every skipped file is recorded in the sourc
 (``SkippedFiles``: ``count``, ``paths``, ``summary()``). Skips are never fatal,
 except when every file of a split is unreadable (then iteration fails with a
 message, instead of looping forever without producing a batch).
+
+An image whose header declares more than ``max_image_pixels`` pixels (default
+50 million, 150 MB decoded) is skipped the same way BEFORE it is decoded: a
+17 KB PNG can declare 12000x12000 pixels (an "image bomb") and would take
+gigabytes to decode. Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``, an
+error at twice its value) still applies above that.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from t2t_image.data.imagenet import check_imagenet_version
 from t2t_image.data.sources import Source, SplitData, split_paths
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# The most pixels an image's header may declare before it is refused undecoded.
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 
 
 class SkippedFiles:
@@ -82,34 +90,79 @@ class SkippedFiles:
         return f"SkippedFiles(count={self.count})"
 
 
-def decode_image_file(path: str, crop_box=None) -> np.ndarray:
+def check_max_image_pixels(value, setting):
+    """Validates a pixel limit (an int >= 1); returns it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{setting} must be an int >= 1 (pixels), got {value!r}")
+    return value
+
+
+def open_image(f, path: str, max_pixels: int, setting: str, expected_size=None):
+    """Opens an image with Pillow, refusing it from its header's size before any decoding.
+
+    Args:
+      f: a path or a binary file object.
+      path: the name to put in messages.
+      max_pixels: the most pixels (width x height) the header may declare.
+      setting: the name of the limit's setting, for messages.
+      expected_size: optional ``(height, width)`` the image must have.
+
+    Returns:
+      The opened, not yet decoded ``PIL.Image.Image`` (close it).
+
+    Raises:
+      ValueError: naming the file, its size and the limit or the expected size.
+      Exception: whatever Pillow raises for an unreadable file.
+    """
+    try:
+        img = Image.open(f)
+    except Image.DecompressionBombError as e:  # beyond twice Pillow's own limit
+        raise ValueError(f"{path}: refused before decoding: {e}") from e
+    width, height = img.size
+    if expected_size is not None and (height, width) != tuple(expected_size):
+        img.close()
+        raise ValueError(f"{path} is {height}x{width} pixels (from its header; not decoded), "
+                         f"the model's images are {expected_size[0]}x{expected_size[1]}")
+    if width * height > max_pixels:
+        img.close()
+        raise ValueError(f"{path} declares {width}x{height} = {width * height} pixels, more than "
+                         f"{setting}={max_pixels}; refused before decoding (an image that "
+                         "large takes gigabytes of memory to decode)")
+    return img
+
+
+def decode_image_file(path: str, crop_box=None,
+                      max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                      setting: str = "image_folder.max_image_pixels") -> np.ndarray:
     """Decodes one image file to uint8 RGB ``[h, w, 3]`` with Pillow and crops it.
 
     Args:
       path: a JPEG/PNG (any format Pillow reads).
       crop_box: a value accepted by ``preprocess.validate_crop_box``.
+      max_pixels: refuse (before decoding) an image whose header declares more.
+      setting: the limit's name for messages.
 
     Returns:
       The uint8 array.
 
     Raises:
       Exception: whatever Pillow raises for an unreadable file; ValueError when the
-        crop box does not fit.
+        crop box does not fit or the image is larger than ``max_pixels``.
     """
     # O_NONBLOCK: opening a FIFO named like an image must not wait for a writer.
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise ValueError(f"{path} is not a regular file")
-        arr = _decode(f)
+        arr = _decode(open_image(f, path, max_pixels, setting))
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{path} decodes to an empty {arr.shape[0]}x{arr.shape[1]} image")
     arr = preprocess.crop_numpy(arr, crop_box)
     return np.ascontiguousarray(arr)
 
 
-def _decode(f) -> np.ndarray:
-    with Image.open(f) as img:
+def _decode(opened) -> np.ndarray:
+    with opened as img:
         img.load()
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             arr = np.asarray(img, dtype=np.int64)
@@ -172,12 +225,16 @@ class ImageFolderSource(Source):
       imagenet_version: ``"oord"`` or ``"chrabaszcz"`` when the files are
         downsampled ImageNet (e.g. the extracted ``train_32x32.tar`` of van den
         Oord et al. 2016); logged by ``make_dataset``.
+
+      max_image_pixels: an image whose header declares more pixels is skipped
+        (counted, named) before it is decoded.
     """
 
     name = "image_folder"
 
     def __init__(self, path=None, *, splits=None, crop_box=None, label_mode=None, recursive=True,
-                 extensions=IMAGE_EXTENSIONS, imagenet_version=None):
+                 extensions=IMAGE_EXTENSIONS, imagenet_version=None,
+                 max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
         self.splits = split_paths(path, splits, "image_folder")
         self.crop_box = preprocess.validate_crop_box(crop_box, "image_folder.crop_box")
         if label_mode not in (None, "subdirs"):
@@ -192,6 +249,8 @@ class ImageFolderSource(Source):
         if imagenet_version is not None:
             check_imagenet_version(imagenet_version, "image_folder.imagenet_version")
         self.imagenet_version = imagenet_version
+        self.max_image_pixels = check_max_image_pixels(max_image_pixels,
+                                                       "image_folder.max_image_pixels")
         self.label_mode = label_mode
         self.recursive = recursive or label_mode == "subdirs"
         self.extensions = tuple(e.lower() for e in extensions)
@@ -256,7 +315,7 @@ class ImageFolderSource(Source):
         if not files:
             raise ValueError(f"split={split!r} selects no image files from {self.describe()}")
 
-        crop_box, skipped = self.crop_box, self.skipped
+        crop_box, skipped, max_pixels = self.crop_box, self.skipped, self.max_image_pixels
         all_files = set(files)
         bad_here: set[str] = set()
         bad_lock = threading.Lock()
@@ -264,7 +323,7 @@ class ImageFolderSource(Source):
         def decode(path_bytes):
             path = path_bytes.decode("utf-8", "surrogateescape")
             try:
-                return decode_image_file(path, crop_box), True
+                return decode_image_file(path, crop_box, max_pixels), True
             except Exception as e:  # noqa: BLE001 - any unreadable file is skipped, never fatal.
                 reason = f"{type(e).__name__}: {e}"
                 if skipped.add(path, reason):

@@ -210,3 +210,34 @@ def test_more_class_folders_than_num_classes_fail_when_the_dataset_is_built(smal
                                          r"num_classes=2"):
         make_dataset(src, "train", 2, task="class_conditional", num_classes=2)
     make_dataset(src, "train", 2, task="class_conditional", num_classes=3)
+
+
+def test_image_bombs_are_refused_from_their_header_before_decoding(small_celeba):
+    """Issue 24: a 17 KB PNG declaring 12000x12000 pixels was decoded (2.3 GB) and trained on."""
+    import resource
+    import warnings
+
+    from tests.image_bombs import write_png_bomb
+
+    bomb = small_celeba / "bomb.png"
+    assert write_png_bomb(bomb, 12000, 12000) < 20_000
+    huge = small_celeba / "huge.png"  # beyond twice Pillow's own limit: its error, named
+    write_png_bomb(huge, 20000, 20000)
+    src = ImageFolderSource(small_celeba)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        out = _collect(make_dataset(src, "train", 4, image_size=16))
+    # Decoding the bomb alone would take 144 MB (mode "1" as bytes) plus 432 MB of RGB.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100_000  # KiB
+    assert out["targets"].shape == (10, 16, 16, 3)
+    assert src.skipped.paths == [str(bomb), str(huge)]
+    assert ("12000x12000 = 144000000 pixels, more than image_folder.max_image_pixels=50000000; "
+            "refused before decoding") in src.skipped.reasons[str(bomb)]
+    assert "refused before decoding" in src.skipped.reasons[str(huge)]
+    # The limit is a setting: lowered below the real images' 89x109, every file is refused.
+    with pytest.raises(ValueError, match="image_folder.max_image_pixels must be an int >= 1"):
+        ImageFolderSource(small_celeba, max_image_pixels=0)
+    strict = ImageFolderSource(small_celeba, max_image_pixels=89 * 109 - 1)
+    with pytest.raises(tf.errors.OpError, match="all 12 image files"):
+        next(iter(make_dataset(strict, "train", 4, image_size=16)))
