@@ -199,48 +199,6 @@ def test_bad_flags_exit_with_a_usage_error_and_no_traceback(in_folder):
             assert fragment in stderr, (name, fragment, stderr[-500:])
 
 
-def test_flags_are_checked_against_the_loaded_model(model_dir):
-    from absl.app import UsageError
-
-    from t2t_image.cli.sampler import check_against_model
-    from t2t_image.cli.sampler import run_sampler
-    from t2t_image.models import Img2ImgTransformer
-
-    model = model_dir[0]  # class-conditional, num_classes=3, 4x4 images
-    image = np.zeros((4, 4, 3), np.uint8)
-    cases = [
-        (dict(), "is class-conditional (num_classes=3): pass --label in 0..2"),
-        (dict(label=3), "--label=3 is out of range"),
-        (dict(label=7), "--label=7 is out of range"),
-        (dict(label=0, complete=image, rows=5), "--rows=5 is out of range"),
-        (dict(label=0, complete=image[:3], rows=1), "--complete images are 3x4x3"),
-        (dict(label=0, inputs=image[None]), "--inputs was given but ImageTransformer"),
-    ]
-    for kwargs, message in cases:
-        with pytest.raises(UsageError, match=re.escape(message)):
-            check_against_model(model, **kwargs)
-    with pytest.raises(UsageError, match=re.escape("--temperature must be a finite")):
-        run_sampler(model, 2, float("inf"), 0, label=1, progress=False)
-    check_against_model(model, label=2, complete=image, rows=4)  # valid: no error
-
-    sr = Img2ImgTransformer(input_height=2, input_width=2, image_height=4, image_width=4,
-                            hidden_size=8, filter_size=8, num_heads=2, num_encoder_layers=1,
-                            num_decoder_layers=1, block_length=4)
-    low = np.zeros((2, 2, 2, 3), np.uint8)
-    for kwargs, message in [
-        (dict(), "Img2ImgTransformer is conditioned on low-resolution images: pass --inputs "
-                 "(images 2x2x3)"),
-        (dict(inputs=np.zeros((1, 3, 3, 3), np.uint8)),
-         "--inputs images are 3x3x3 (height x width x channels), the model expects 2x2x3"),
-        (dict(inputs=low[..., :1]), "--inputs images are 2x2x1"),
-        (dict(inputs=low, label=0), "--label=0 was given but Img2ImgTransformer is "
-                                    "unconditional"),
-    ]:
-        with pytest.raises(UsageError, match=re.escape(message)):
-            check_against_model(sr, **kwargs)
-    check_against_model(sr, inputs=low)
-
-
 @pytest.mark.parametrize("args, message", [
     ([], "--export_dir is required"),
     (["--export_dir=full.png"], "--export_dir=full.png is a file"),
@@ -262,18 +220,3 @@ def test_exporter_usage_errors(in_folder, args, message):
     finally:
         flags.FLAGS.unparse_flags()
     assert not (in_folder / "out").exists()
-
-
-def test_window_stride_moves_the_sliding_window_like_the_library(model_dir):
-    from t2t_image.cli.sampler import run_sampler
-    from t2t_image.sampling import sample_sliding_window
-
-    model = model_dir[0]  # 4x4 training size; an 8x8 canvas needs a sliding window
-    got = {}
-    for stride in (1, 2):
-        got[stride], _, _ = run_sampler(model, 2, 1.0, 5, label=1, progress=False, height=8,
-                                        width=8, batch_size=2, window_stride=stride)
-    want = sample_sliding_window(model, 2, 8, 8, seed=5, labels=np.full(2, 1),
-                                 window_stride=(2, 2))
-    np.testing.assert_array_equal(got[2], want)
-    assert not np.array_equal(got[1], got[2])  # another window placement, other draws
