@@ -233,7 +233,7 @@ def class_samples_grid(ctx, run_dir):
 
     from t2t_image.sampling import sample
     from t2t_image.sampling import write_image_grid
-    from t2t_image.training.model_loading import load_model
+    from t2t_image.storage.model_loading import load_model
 
     model, _ = load_model(run_dir)
     per_class = ctx.s["num_class_samples"]
@@ -256,7 +256,7 @@ def study_super_resolution(ctx):
     from t2t_image.data import make_dataset
     from t2t_image.ops.image_metrics import psnr
     from t2t_image.sampling import sample
-    from t2t_image.training.model_loading import load_model
+    from t2t_image.storage.model_loading import load_model
 
     s = ctx.s
     size = s["image_size"]

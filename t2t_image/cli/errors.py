@@ -110,7 +110,7 @@ def import_tensorflow_quietly():
 
 # ------------------------------------------------------------- user errors
 def _user_error_types():
-    from t2t_image.training import run_guard
+    from t2t_image.storage import run_guard
 
     types = [ValueError, OSError, run_guard.ModelDirLockedError]
     for name in ("ModelDirWriteError",):

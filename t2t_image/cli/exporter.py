@@ -3,7 +3,7 @@
     t2t-image-exporter --model_dir=D --export_dir=E [--checkpoint=...] [--nojit_compile]
 
 The model comes from ``--model_dir`` as for t2t-image-sampler (see
-``t2t_image.training.model_loading``). The SavedModel has the endpoints (and
+``t2t_image.storage.model_loading``). The SavedModel has the endpoints (and
 signatures) ``sample``, ``complete``, ``log_prob`` and ``serving_default``
 (= ``sample``), described in ``t2t_image.export.export_saved_model``; it
 loads with ``tf.saved_model.load(E)`` where t2t_image is not installed.
@@ -76,7 +76,7 @@ def main(argv):
     except atomic.ExportDirError as e:
         raise app.UsageError(f"--{e}") from e
     from t2t_image.export import export_saved_model
-    from t2t_image.training.model_loading import load_model_and_first_stage
+    from t2t_image.storage.model_loading import load_model_and_first_stage
     from t2t_image.two_stage import export_two_stage_saved_model
 
     try:

@@ -12,7 +12,7 @@
 
 The model comes from ``--model_dir`` (``D/model.keras``, or the trainer's
 ``D/model_config.json`` with the latest checkpoint; ``--checkpoint`` picks
-another): see ``t2t_image.training.model_loading``. A two-stage model is
+another): see ``t2t_image.storage.model_loading``. A two-stage model is
 recognised by the ``first_stage.json`` in the prior's model_dir (or
 ``--first_stage_dir``); ``--height/--width`` then count ``--size_units``.
 
@@ -119,7 +119,7 @@ def _main(argv):
 
 def _load():
     """The model (and the first stage of a two-stage model) the flags name."""
-    from t2t_image.training.model_loading import load_model_and_first_stage
+    from t2t_image.storage.model_loading import load_model_and_first_stage
 
     try:
         model, source, first_stage, first_stage_dir = load_model_and_first_stage(

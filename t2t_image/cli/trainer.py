@@ -50,7 +50,7 @@ def main(argv):
     errors.import_tensorflow_quietly()
     from t2t_image.cli.gin_utils import parse_gin
     from t2t_image.training import preemption
-    from t2t_image.training import run_guard
+    from t2t_image.storage import run_guard
     from t2t_image.training.trainer import NonFiniteLossError
 
     with errors.user_errors():  # configuration, paths, data, lock, drift

@@ -90,7 +90,7 @@ def _write_marker(folder):
 
 def _model_dir_holding(path):
     """The model_dir that ``path`` is or lies in (a folder holding a run's files), or None."""
-    from t2t_image.training import run_guard  # the names a trainer writes into a model_dir
+    from t2t_image.storage import run_guard  # the names a trainer writes into a model_dir
 
     run_files = (run_guard.MODEL_CONFIG_NAME, run_guard.RUN_SETTINGS_NAME, run_guard.LOCK_NAME,
                  "operative_config.gin")

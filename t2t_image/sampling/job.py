@@ -1,7 +1,7 @@
 """A sampling job: what ``t2t-image-sampler`` does, callable from Python.
 
     from t2t_image.sampling import job
-    from t2t_image.training.model_loading import load_model
+    from t2t_image.storage.model_loading import load_model
 
     model, _ = load_model("runs/cifar10")
     samples, conditioning, seconds = job.run_sampler(model, num_samples=16, seed=0)

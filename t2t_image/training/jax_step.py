@@ -29,7 +29,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from t2t_image.training import npz_checkpoints
+from t2t_image.storage import npz_checkpoints
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 

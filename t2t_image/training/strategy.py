@@ -3,7 +3,7 @@
 import json
 import os
 
-from t2t_image.training.files import tf  # imported on first use: never under JAX
+from t2t_image.storage.files import tf  # imported on first use: never under JAX
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 

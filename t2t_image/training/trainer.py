@@ -17,18 +17,17 @@ import keras
 import numpy as np
 from absl import logging
 
+from t2t_image.storage import files
+from t2t_image.storage import run_guard
+from t2t_image.storage.files import tf  # imported on first use: never under JAX
+from t2t_image.storage.model_loading import FIRST_STAGE_FILE
 from t2t_image.training import compilation
-from t2t_image.training import files
 from t2t_image.training import preemption
-from t2t_image.training.progress import format_duration
-from t2t_image.training import run_guard
 from t2t_image.training import strategy as strategy_lib
-from t2t_image.training.files import tf  # imported on first use: never under JAX
+from t2t_image.training.progress import format_duration
 from t2t_image.training.schedules import NoamSchedule
 
 PRECISIONS = (None, "float32", "mixed_bfloat16", "mixed_float16")
-# Written into the model_dir of a prior over code grids: where its first stage is.
-FIRST_STAGE_FILE = "first_stage.json"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -222,7 +221,7 @@ class Trainer:
         if not self.is_chief:  # other workers write to a throw-away directory
             ckpt_dir = os.path.join(self.model_dir, "tmp_workers", str(id(self)))
         if self._jax is not None:  # one kill-safe .npz file per checkpoint, no TF needed
-            from t2t_image.training import npz_checkpoints
+            from t2t_image.storage import npz_checkpoints
 
             self.step = self._jax.StepCounter()
             self.checkpoint = self._jax.NpzCheckpoint(self.model, self.optimizer, self.step)
@@ -307,7 +306,7 @@ class Trainer:
         A resumed prior whose dataset now tokenizes with another first-stage
         checkpoint is refused (``model_loading.check_same_first_stage``).
         """
-        from t2t_image.training import model_loading
+        from t2t_image.storage import model_loading
 
         record = getattr(self.train_info, "first_stage", None) or {
             "first_stage_dir": first_stage_dir}
@@ -700,7 +699,7 @@ class Trainer:
         return path
 
     def _average_npz_checkpoints(self, paths):
-        from t2t_image.training import npz_checkpoints
+        from t2t_image.storage import npz_checkpoints
 
         read = [npz_checkpoints.read_checkpoint(p) for p in paths]
         average = [np.mean([r[0][i].astype(np.float64) for r in read], axis=0).astype(w.dtype)

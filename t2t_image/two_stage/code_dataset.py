@@ -65,7 +65,7 @@ def data_fingerprint(images):
 
 def _cache_key(checkpoint, description, split, task, image_size, data):
     """A key that changes whenever the first-stage weights or the data (content) change."""
-    from t2t_image.training import checkpoint_files
+    from t2t_image.storage import checkpoint_files
 
     fields = {
         "version": CACHE_VERSION,
@@ -164,8 +164,8 @@ def make_code_dataset(first_stage_dir, image_dataset_fn, batch_size=16, *, train
         A ``tf.data.Dataset`` of ``{"targets": int32 [b, h, w, 1]}`` (plus
         ``labels``), or ``(dataset, DatasetInfo)``.
     """
-    from t2t_image.training.model_loading import first_stage_record
-    from t2t_image.training.model_loading import load_model  # loads Keras models
+    from t2t_image.storage.model_loading import first_stage_record
+    from t2t_image.storage.model_loading import load_model  # loads Keras models
 
     batch_size = pipeline._check_int(batch_size, "batch_size")
     tokenize_batch_size = pipeline._check_int(tokenize_batch_size, "tokenize_batch_size")

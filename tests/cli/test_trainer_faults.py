@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from t2t_image.training import run_guard
+from t2t_image.storage import run_guard
 from tests.training.test_fault_injection import assert_listed_checkpoints_loadable
 from tests.training.test_fault_injection import checkpoint_state
 from tests.training.test_fault_injection import gin_params

@@ -31,7 +31,7 @@ def _needs_shared_data(shared_data):
 
 
 def test_first_stage_prior_sampler_and_exporter(tmp_path):
-    from t2t_image.training.model_loading import load_model
+    from t2t_image.storage.model_loading import load_model
 
     first, prior = tmp_path / "vq", tmp_path / "prior"
     tool("trainer", "--gin_file=gin/tiny_vq.gin", f"--model_dir={first}")

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from t2t_image.training import run_guard
+from t2t_image.storage import run_guard
 from tests.cli.test_trainer_cli import REPO
 
 TIMEOUT = 180

@@ -94,7 +94,7 @@ def train(work_dir, steps):
 
 def bits_per_dim(model_dir, npz):
     """Bits/dim of the model that ``model_loading`` loads from ``model_dir``, printed as JSON."""
-    from t2t_image.training.model_loading import load_model
+    from t2t_image.storage.model_loading import load_model
 
     model, source = load_model(model_dir)
     total = count = 0.0
@@ -107,7 +107,7 @@ def bits_per_dim(model_dir, npz):
 
 def save_keras(model_dir):
     """Saves the model ``model_loading`` loads from ``model_dir`` as ``model_dir/model.keras``."""
-    from t2t_image.training.model_loading import load_model
+    from t2t_image.storage.model_loading import load_model
 
     load_model(model_dir)[0].save(os.path.join(model_dir, "model.keras"))
 

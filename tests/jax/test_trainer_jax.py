@@ -102,7 +102,7 @@ def test_jax_trainer_runs_without_tensorflow(jax_run):
 def test_importing_the_jax_training_path_does_not_import_tensorflow():
     code = BLOCK_TF + (
         "import t2t_image.configurables, t2t_image.cli.trainer, t2t_image.data.numpy_pipeline\n"
-        "import t2t_image.training.model_loading, t2t_image.training.jax_step\n"
+        "import t2t_image.storage.model_loading, t2t_image.training.jax_step\n"
         "assert not [m for m in sys.modules if m.split('.')[0] == 'tensorflow']\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(),
                          capture_output=True, text=True, timeout=300)
@@ -153,7 +153,7 @@ def test_fifty_steps_end_where_the_tf_run_ends(work):
         assert abs(float(j["bits_per_dim"]) - float(t["bits_per_dim"])) < 1e-4
     # TF-trained weights load under JAX: TF saves the model as model.keras, JAX loads it.
     _run_tf("save_keras", work / "run_tensorflow")
-    from t2t_image.training.model_loading import load_model
+    from t2t_image.storage.model_loading import load_model
 
     model, source = load_model(str(work / "run_tensorflow"))
     assert source.endswith("model.keras")
@@ -180,7 +180,7 @@ def test_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(tmp_path
     out = subprocess.run(_trainer_cli(killed), cwd=REPO, env=_env(), capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    from t2t_image.training import npz_checkpoints
+    from t2t_image.storage import npz_checkpoints
 
     resumed = npz_checkpoints.read_checkpoint(killed / "checkpoints" / "ckpt-12.npz")
     straight = npz_checkpoints.read_checkpoint(jax_run / "checkpoints" / "ckpt-12.npz")
@@ -249,7 +249,7 @@ def test_model_variants_train_and_resume(tmp_path, variant):
 def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, jax_run):
     import shutil
 
-    from t2t_image.training import npz_checkpoints
+    from t2t_image.storage import npz_checkpoints
 
     run = tmp_path / "run"
     shutil.copytree(jax_run, run)

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from t2t_image.training import run_guard
+from t2t_image.storage import run_guard
 from tests.cli.test_trainer_cli import REPO
 from tests.cli.test_trainer_cli import trainer as trainer_command
 from tests.training.test_trainer import _trainer

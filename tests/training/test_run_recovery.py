@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from t2t_image.training import run_guard
+from t2t_image.storage import run_guard
 from t2t_image.training.trainer import NonFiniteLossError
 from tests.training.test_trainer import _dataset
 from tests.training.test_trainer import _trainer

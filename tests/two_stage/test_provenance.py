@@ -15,9 +15,9 @@ import pytest
 
 from t2t_image.data import make_dataset
 from t2t_image.models import ImageTransformer
-from t2t_image.training import run_guard
-from t2t_image.training.model_loading import load_model
-from t2t_image.training.model_loading import load_model_and_first_stage
+from t2t_image.storage import run_guard
+from t2t_image.storage.model_loading import load_model
+from t2t_image.storage.model_loading import load_model_and_first_stage
 from t2t_image.training.trainer import Trainer
 from t2t_image.two_stage import make_code_dataset
 from tests.conftest import SHARED_DATA

@@ -13,9 +13,9 @@ import time
 import keras
 from absl import logging
 
-from t2t_image.training import checkpoint_files
-from t2t_image.training import files
-from t2t_image.training.files import tf  # imported on first use: the JAX path never needs it
+from t2t_image.storage import checkpoint_files
+from t2t_image.storage import files
+from t2t_image.storage.files import tf  # imported on first use: the JAX path never needs it
 
 LOCK_NAME = ".trainer.lock"
 MODEL_CONFIG_NAME = "model_config.json"
@@ -268,7 +268,7 @@ def remove_partial_checkpoints(checkpoint_dir):
         The list of removed paths (each also logged as a warning).
     """
     if not files.uses_tensorflow():
-        from t2t_image.training import npz_checkpoints
+        from t2t_image.storage import npz_checkpoints
 
         return npz_checkpoints.remove_partial_checkpoints(checkpoint_dir)
     if not tf.io.gfile.isdir(checkpoint_dir):
@@ -307,7 +307,7 @@ def latest_complete_checkpoint(checkpoint_dir):
         The checkpoint prefix, or None when there is none or the state cannot be read.
     """
     if not files.uses_tensorflow():
-        from t2t_image.training import npz_checkpoints
+        from t2t_image.storage import npz_checkpoints
 
         return npz_checkpoints.latest_checkpoint(checkpoint_dir)
     try:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from t2t_image.training.model_loading import load_model
+from t2t_image.storage.model_loading import load_model
 from t2t_image.models import ImageTransformer
 from t2t_image.sampling.common import dummy_features
 
@@ -100,7 +100,7 @@ def test_tf_checkpoints_hold_every_weight(tmp_path, encoder):
 def test_damaged_checkpoints_fall_back_for_the_sampler_and_exporter(tmp_path, folder):
     """The loader the sampler and exporter share (issue 16): a "[" in the folder name, no
     state file, a truncated newest shard, NaN weights, nothing readable at all."""
-    from t2t_image.training.checkpoint_files import CheckpointNotFoundError
+    from t2t_image.storage.checkpoint_files import CheckpointNotFoundError
 
     model_dir = tmp_path / folder
     model_dir.mkdir()

@@ -9,12 +9,12 @@ import time
 import pytest
 import tensorflow as tf
 
-from t2t_image.training import run_guard
+from t2t_image.storage import run_guard
 from tests.training.test_trainer import _trainer
 
 HOLD_LOCK = (
     "import sys, time\n"
-    "from t2t_image.training.run_guard import ModelDirLock\n"
+    "from t2t_image.storage.run_guard import ModelDirLock\n"
     "lock = ModelDirLock(sys.argv[1]).acquire()\n"
     "print('locked', flush=True)\n"
     "time.sleep(120)\n"

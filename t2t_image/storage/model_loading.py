@@ -23,12 +23,14 @@ import json
 import os
 
 from t2t_image.sampling.sampler import ensure_built
-from t2t_image.training.checkpoint_files import CheckpointNotFoundError
-from t2t_image.training.checkpoint_files import describe_found
+from t2t_image.storage.checkpoint_files import CheckpointNotFoundError
+from t2t_image.storage.checkpoint_files import describe_found
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "model_config.json"
 CHECKPOINT_DIR = "checkpoints"
+# Written into the model_dir of a prior over code grids: where its first stage is.
+FIRST_STAGE_FILE = "first_stage.json"
 
 
 def _from_config(model_dir):
@@ -51,7 +53,7 @@ def _from_config(model_dir):
 
 def _checkpoint_folder(path):
     """The folder of ``path`` that holds TF checkpoint files (checkpoints/ first), or None."""
-    from t2t_image.training import checkpoint_files
+    from t2t_image.storage import checkpoint_files
 
     for folder in (os.path.join(path, CHECKPOINT_DIR), path):
         if checkpoint_files.index_files(folder) or os.path.exists(
@@ -64,7 +66,7 @@ def _restore(model, folder=None, exact=None):
     """Reads the newest readable checkpoint of ``folder`` (or ``exact``) into ``model``."""
     import tensorflow as tf
 
-    from t2t_image.training import checkpoint_files
+    from t2t_image.storage import checkpoint_files
 
     def read(prefix):
         try:
@@ -117,7 +119,7 @@ def load_model(model_dir, checkpoint=None):
     if npz:  # written by the JAX backend's trainer; loads under either backend
         return _load_npz(model_dir, npz)
     # Checkpoints are found by listing (any folder name), and an unreadable or
-    # non-finite newest one falls back to the next (t2t_image.training.checkpoint_files).
+    # non-finite newest one falls back to the next (t2t_image.storage.checkpoint_files).
     folder = exact = None
     if checkpoint is None:
         folder = _checkpoint_folder(model_dir)
@@ -148,7 +150,7 @@ def load_model(model_dir, checkpoint=None):
 
 def _npz_candidates(model_dir, checkpoint):
     """The ``.npz`` checkpoints (JAX trainer) to try, newest first; [] when TF's are meant."""
-    from t2t_image.training import npz_checkpoints
+    from t2t_image.storage import npz_checkpoints
 
     if checkpoint is not None and checkpoint.endswith(npz_checkpoints.SUFFIX):
         if not npz_checkpoints.is_checkpoint(checkpoint):
@@ -168,7 +170,7 @@ def _load_npz(model_dir, paths):
     """The model of ``model_dir`` with the weights of the newest readable of ``paths``."""
     from absl import logging
 
-    from t2t_image.training import npz_checkpoints
+    from t2t_image.storage import npz_checkpoints
 
     model_dir = model_dir if model_dir is not None else os.path.dirname(os.path.dirname(paths[0]))
     model = _from_config(model_dir)
@@ -193,7 +195,6 @@ def first_stage_record_of(model_dir):
     ``first_stage_dir`` and, since issue 16, the exact ``checkpoint`` the
     codes came from, its ``step`` and content ``fingerprint``.
     """
-    from t2t_image.training.trainer import FIRST_STAGE_FILE
 
     if model_dir is None:
         return None
@@ -215,7 +216,7 @@ def first_stage_dir_of(model_dir):
 
 def first_stage_record(first_stage_dir, checkpoint):
     """The record of the first stage whose codes a prior trains on (see ``first_stage_record_of``)."""
-    from t2t_image.training import checkpoint_files
+    from t2t_image.storage import checkpoint_files
 
     return {"first_stage_dir": os.path.abspath(first_stage_dir),
             "checkpoint": os.path.abspath(checkpoint),
@@ -230,7 +231,7 @@ def _describe(record):
 
 def check_same_first_stage(recorded, current, model_dir):
     """Raises CheckpointMismatchError unless ``current`` is the recorded first-stage checkpoint."""
-    from t2t_image.training.checkpoint_files import CheckpointMismatchError
+    from t2t_image.storage.checkpoint_files import CheckpointMismatchError
 
     if recorded and recorded.get("fingerprint") and \
             recorded["fingerprint"] != current["fingerprint"]:
@@ -258,8 +259,7 @@ def first_stage_checkpoint(record, first_stage_dir, model_dir=None):
     """
     from absl import logging
 
-    from t2t_image.training import checkpoint_files
-    from t2t_image.training.trainer import FIRST_STAGE_FILE
+    from t2t_image.storage import checkpoint_files
 
     if not record or not record.get("fingerprint"):
         if record:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from t2t_image.training import checkpoint_files
-from t2t_image.training import run_guard
+from t2t_image.storage import checkpoint_files
+from t2t_image.storage import run_guard
 
 
 def _save(directory, values, manager_cls=tf.train.CheckpointManager, keep=5):

@@ -28,8 +28,8 @@ import tempfile
 
 from absl import logging
 
-from t2t_image.training import files
-from t2t_image.training.files import tf  # imported on first use
+from t2t_image.storage import files
+from t2t_image.storage.files import tf  # imported on first use
 
 STATE_FILE = "checkpoint"
 # Characters TF's file matching treats as a pattern (tensorflow/core/platform/file_system_helper).
