@@ -188,7 +188,16 @@ class NumpyIterator:
         return {"epoch": self.epoch, "position": self.position}
 
     def set_state(self, state):
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        """Restores ``get_state()``'s dict; ValueError for anything else (a crafted state)."""
+        if not isinstance(state, dict) or set(state) != {"epoch", "position"} or not all(
+                type(v) is int for v in state.values()):
+            raise ValueError(f"a data position is {{'epoch': int, 'position': int}}, got "
+                             f"{str(state)[:200]}")
+        epoch, position = state["epoch"], state["position"]
+        if epoch < 0 or not 0 <= position <= self.dataset.num_examples:
+            raise ValueError(f"the data position epoch={epoch}, position={position} is outside "
+                             f"the dataset's {self.dataset.num_examples} examples")
+        self.epoch, self.position = epoch, position
 
     def __iter__(self):
         return self

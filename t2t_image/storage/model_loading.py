@@ -44,9 +44,18 @@ def _from_config(model_dir):
             f"{CONFIG_FILE} beside its checkpoints)."
         )
     import t2t_image.models  # noqa: F401  (registers the classes for deserialization)
+    from t2t_image.storage import run_guard
 
-    with open(path) as f:
-        model = keras.saving.deserialize_keras_object(json.load(f))
+    config = run_guard.read_model_config(model_dir)
+    try:
+        model = keras.saving.deserialize_keras_object(config)
+    except Exception as e:  # noqa: BLE001 - any config Keras cannot build is a damaged file
+        raise ValueError(f"{path} does not build a model ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:300] if str(e) else ''}); restore it "
+                         "from a copy of the run.") from e
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"{path} describes a {type(model).__name__}, not a model; restore it "
+                         "from a copy of the run.")
     ensure_built(model)
     return model
 
@@ -115,24 +124,23 @@ def load_model(model_dir, checkpoint=None):
         model = keras.saving.load_model(checkpoint)
         ensure_built(model)
         return model, checkpoint
-    npz = _npz_candidates(model_dir, checkpoint)
-    if npz:  # written by the JAX backend's trainer; loads under either backend
-        return _load_npz(model_dir, npz)
-    # Checkpoints are found by listing (any folder name), and an unreadable or
-    # non-finite newest one falls back to the next (t2t_image.storage.checkpoint_files).
-    folder = exact = None
-    if checkpoint is None:
-        folder = _checkpoint_folder(model_dir)
+    if checkpoint is not None and checkpoint.endswith(".npz"):
+        if not os.path.isfile(checkpoint):  # a damaged one is refused naming what is wrong
+            raise CheckpointNotFoundError(f"--checkpoint={checkpoint}: no such checkpoint file.")
+        return _load_npz(model_dir, os.path.dirname(checkpoint), exact=checkpoint)
+    folder = exact = npz_folder = None
+    if checkpoint is None or os.path.isdir(checkpoint):
+        root = model_dir if checkpoint is None else checkpoint
+        folder, npz_folder = _checkpoint_folder(root), _npz_folder(root)
+        if npz_folder is not None and (folder is None or _prefer_npz(folder, npz_folder)):
+            return _load_npz(model_dir, npz_folder, other=folder)
         if folder is None:
             raise CheckpointNotFoundError(
+                f"--checkpoint={checkpoint}: no TF checkpoint in it." if checkpoint else
                 f"--model_dir={model_dir} has no {MODEL_FILE} and no TF checkpoint (looked in "
                 f"{os.path.join(model_dir, CHECKPOINT_DIR)} and {model_dir}); nothing to load: "
-                "train it first or check the path."
-            )
-    elif os.path.isdir(checkpoint):
-        folder = _checkpoint_folder(checkpoint)
-        if folder is None:
-            raise CheckpointNotFoundError(f"--checkpoint={checkpoint}: no TF checkpoint in it.")
+                "train it first or check the path.")
+        _check_backend_reads_tf(folder)
     else:
         exact = checkpoint
         if not os.path.exists(exact + ".index"):
@@ -140,51 +148,106 @@ def load_model(model_dir, checkpoint=None):
                 f"--checkpoint={checkpoint}: neither a .keras file nor a TF checkpoint prefix "
                 f"({exact}.index does not exist)."
             )
+        _check_backend_reads_tf(exact)
     model = _from_config(model_dir if model_dir is not None else os.path.dirname(exact))
-    prefix = _restore(model, folder, exact)
+    # Checkpoints are found by listing (any folder name), and an unreadable or
+    # non-finite newest one falls back to the next (t2t_image.storage.checkpoint_files).
+    try:
+        prefix = _restore(model, folder, exact)
+    except CheckpointNotFoundError:
+        if npz_folder is None:
+            raise
+        from absl import logging
+
+        logging.warning("No TF checkpoint of %s is readable; using its .npz checkpoints.",
+                        folder)
+        return _load_npz(model_dir, npz_folder)
     if prefix is None:
         raise CheckpointNotFoundError(
             f"{folder}: no complete TF checkpoint to load ({describe_found(folder)}).")
     return model, prefix
 
 
-def _npz_candidates(model_dir, checkpoint):
-    """The ``.npz`` checkpoints (JAX trainer) to try, newest first; [] when TF's are meant."""
+def _npz_folder(root):
+    """The folder of ``root`` holding ``ckpt-N.npz`` files (JAX trainer), or None."""
     from t2t_image.storage import npz_checkpoints
 
-    if checkpoint is not None and checkpoint.endswith(npz_checkpoints.SUFFIX):
-        if not npz_checkpoints.is_checkpoint(checkpoint):
-            raise CheckpointNotFoundError(f"--checkpoint={checkpoint}: no such checkpoint file.")
-        return [checkpoint]
-    root = checkpoint if checkpoint is not None else model_dir
-    if root is None or not os.path.isdir(root) or _checkpoint_folder(root) is not None:
-        return []
+    if root is None or not os.path.isdir(root):
+        return None
     for folder in (os.path.join(root, CHECKPOINT_DIR), root):
-        found = npz_checkpoints.list_checkpoints(folder)
-        if found:
-            return found[::-1]
-    return []
+        if npz_checkpoints.list_checkpoints(folder):
+            return folder
+    return None
 
 
-def _load_npz(model_dir, paths):
-    """The model of ``model_dir`` with the weights of the newest readable of ``paths``."""
+def _prefer_npz(tf_folder, npz_folder):
+    """Whether the newest .npz checkpoint is newer (by step) than the newest TF one.
+
+    A model_dir trained under both backends (say, resumed under the other one
+    by an older version) is read from its newest checkpoint of either kind,
+    with a warning saying which.
+    """
     from absl import logging
 
+    from t2t_image.storage import checkpoint_files
     from t2t_image.storage import npz_checkpoints
 
-    model_dir = model_dir if model_dir is not None else os.path.dirname(os.path.dirname(paths[0]))
+    tf_newest = (checkpoint_files.index_files(tf_folder) or [None])[-1]
+    npz_newest = npz_checkpoints.latest_checkpoint(npz_folder)
+    tf_step = checkpoint_files.checkpoint_number(tf_newest) if tf_newest else -1
+    npz_step = npz_checkpoints.checkpoint_step(npz_newest)
+    prefer = npz_step > tf_step or (npz_step == tf_step and not _uses_tensorflow())
+    if tf_newest:
+        logging.warning(
+            "%s holds checkpoints of both backends: TensorFlow's (newest %s) and JAX's .npz "
+            "(newest %s); using the newest, %s.", tf_folder, os.path.basename(tf_newest),
+            os.path.basename(npz_newest), npz_newest if prefer else tf_newest)
+    return prefer
+
+
+def _uses_tensorflow():
+    from t2t_image.storage import files
+
+    return files.uses_tensorflow()
+
+
+def _check_backend_reads_tf(where):
+    """Refuses TF checkpoints under the JAX backend, which cannot read them, by name."""
+    from t2t_image.storage.checkpoint_files import CheckpointMismatchError
+
+    if not _uses_tensorflow():
+        raise CheckpointMismatchError(
+            f"{where} holds TensorFlow checkpoints (written by the trainer under "
+            "KERAS_BACKEND=tensorflow), which the JAX backend cannot read: run this tool with "
+            "KERAS_BACKEND=tensorflow (or export the model as model.keras there).")
+
+
+def _load_npz(model_dir, folder, exact=None, other=None):
+    """The model of ``model_dir`` with the weights of the newest usable ``.npz`` of ``folder``.
+
+    Damaged, crafted and non-finite files are skipped for the next newest with a
+    warning (``npz_checkpoints.restore_newest``); when none is usable and
+    ``other`` (a folder of TF checkpoints) exists, those are tried.
+    """
+    from t2t_image.storage import npz_checkpoints
+
+    model_dir = model_dir if model_dir is not None else os.path.dirname(folder)
     model = _from_config(model_dir)
-    errors = []
-    for path in paths:
-        try:
-            weights = npz_checkpoints.read_checkpoint(path)[0]
-        except ValueError as e:  # truncated or corrupted: the next newest
-            logging.warning("Skipping %s", e)
-            errors.append(str(e))
-            continue
+
+    def restore(path):
+        weights = npz_checkpoints.read_checkpoint(path)[0]
         npz_checkpoints.set_weights_checked(model.weights, weights, "model weight", path)
-        return model, path
-    raise CheckpointNotFoundError("no readable checkpoint: " + "; ".join(errors))
+
+    try:
+        path, _ = npz_checkpoints.restore_newest(folder, restore, exact=exact)
+    except CheckpointNotFoundError:
+        if other is None or not _uses_tensorflow():
+            raise
+        from absl import logging
+
+        logging.warning("No .npz checkpoint of %s is usable; trying its TF checkpoints.", folder)
+        return model, _restore(model, other)
+    return model, path
 
 
 def first_stage_record_of(model_dir):

@@ -92,12 +92,10 @@ def check_model_config(model_dir, model):
     rates, the dtype policy and the name may change between runs. Returns the
     path of the saved config, or None when model_dir has none yet.
     """
-    path = os.path.join(model_dir, MODEL_CONFIG_NAME)
-    gfile = files.gfile()
-    if not gfile.exists(path):
+    saved = read_model_config(model_dir)
+    if saved is None:
         return None
-    with gfile.GFile(path) as f:
-        saved = json.load(f)
+    path = os.path.join(model_dir, MODEL_CONFIG_NAME)
     current = keras.saving.serialize_keras_object(model)
     problems = []
     if saved.get("class_name") != current.get("class_name"):
@@ -116,6 +114,41 @@ def check_model_config(model_dir, model):
             + ". Use a new --model_dir or restore the original settings."
         )
     return path
+
+
+def read_model_config(model_dir):
+    """The model's Keras config recorded in ``model_dir``, checked; None when there is none.
+
+    Raises:
+        ValueError: naming the file when it cannot be read, is not JSON, or is
+            not a serialized Keras object (``class_name`` and a ``config``
+            mapping), e.g. after an edit or a copy that failed.
+    """
+    path = os.path.join(model_dir, MODEL_CONFIG_NAME)
+    gfile = files.gfile()
+    if not gfile.exists(path):
+        return None
+    try:
+        with gfile.GFile(path, "rb") as f:
+            data = f.read(_MAX_CONFIG_BYTES + 1)
+        if len(data) > _MAX_CONFIG_BYTES:
+            raise ValueError(f"it is larger than {_MAX_CONFIG_BYTES} bytes")
+        config = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"{path} is damaged ({type(e).__name__}: {str(e)[:200]}): it records the "
+                         f"model's architecture; {_MODEL_CONFIG_FIX}") from e
+    if not (isinstance(config, dict) and isinstance(config.get("class_name"), str)
+            and isinstance(config.get("config"), dict)):
+        raise ValueError(f"{path} does not describe a Keras model (it holds "
+                         f"{json.dumps(config)[:80]}, not an object with 'class_name' and "
+                         f"'config'); {_MODEL_CONFIG_FIX}")
+    return config
+
+
+_MAX_CONFIG_BYTES = 16 << 20
+_MODEL_CONFIG_FIX = ("restore it from a copy of the run, or move it away and resume with the "
+                     "run's gin files (model_dir/operative_config.gin), which writes it again "
+                     "once the checkpoint fits.")
 
 
 def write_model_config(model_dir, model):
@@ -309,7 +342,7 @@ def latest_complete_checkpoint(checkpoint_dir):
     if not files.uses_tensorflow():
         from t2t_image.storage import npz_checkpoints
 
-        return npz_checkpoints.latest_checkpoint(checkpoint_dir)
+        return npz_checkpoints.newest_readable(checkpoint_dir)
     try:
         order, _ = checkpoint_files.candidates(checkpoint_dir)
     except (OSError, tf.errors.OpError):
@@ -335,11 +368,13 @@ def write_errors_named(what, step, directory, checkpoint_dir):
     try:
         yield
     except files.io_errors() as e:
+        latest = latest_complete_checkpoint(checkpoint_dir)
         raise ModelDirWriteError(
-            f"cannot write the {what} of step {step} to {directory}: {e}. Earlier checkpoints "
-            f"are intact; the latest complete one is "
-            f"{latest_complete_checkpoint(checkpoint_dir)}, which a restart resumes from once "
-            f"the disk takes writes again."
+            f"cannot write the {what} of step {step} to {directory}: {e}. "
+            + (f"Earlier checkpoints are intact; the latest complete one is {latest}, which a "
+               "restart resumes from once the disk takes writes again." if latest else
+               f"No checkpoint of this run is complete yet in {checkpoint_dir}: a restart "
+               "starts from step 0 once the disk takes writes again.")
         ) from e
 
 

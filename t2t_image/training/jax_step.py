@@ -172,38 +172,38 @@ class NpzCheckpoint:
         if self.optimizer is not None:
             npz_checkpoints.set_weights_checked(self.optimizer.variables, optimizer,
                                                 "optimizer variable", path)
-        self.step.value = step
         if self.data_iterator is not None:
-            self.data_iterator.set_state(data_state)
+            try:
+                self.data_iterator.set_state(data_state)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+                raise npz_checkpoints.UnreadableCheckpointError(
+                    f"cannot read the checkpoint {path}: its data-iterator state does not fit "
+                    f"the dataset ({type(e).__name__}: {e})") from e
+        self.step.value = step
         return _Restored()
 
 
 def restore_newest(checkpoint, manager, path=None, data_iterator=True):
     """Restores ``path``, else the newest readable checkpoint of ``manager``; returns its path.
 
-    A checkpoint that cannot be read (truncated, corrupted) is skipped for the
-    next newest with a warning naming it; ``data_iterator=False`` keeps the
-    data position where it is.
+    A checkpoint that cannot be used (empty, truncated, crafted, non-finite, a
+    data position that does not fit) is skipped for the next newest with a
+    warning naming it (``npz_checkpoints.restore_newest``); when none is left,
+    ``CheckpointNotFoundError`` names them all: a run never starts over from
+    fresh weights beside damaged checkpoints. ``data_iterator=False`` keeps
+    the data position where it is.
     """
     iterator = checkpoint.data_iterator
     if not data_iterator:
         checkpoint.data_iterator = None
     try:
-        if path:
-            checkpoint.restore(path)
-            return path
-        for candidate in reversed(manager.checkpoints):
-            try:
-                checkpoint.restore(candidate)
-            except ValueError as e:
-                if "cannot read the checkpoint" not in str(e):
-                    raise  # a checkpoint of another architecture: never skipped
-                logging.warning("Skipping an unreadable checkpoint: %s", e)
-                continue
-            return candidate
-        return None
+        restored, _ = npz_checkpoints.restore_newest(manager.directory, checkpoint.restore,
+                                                     exact=path)
     finally:
         checkpoint.data_iterator = iterator
+    if restored is not None and path is None:
+        manager.use(restored)
+    return restored
 
 
 def _values(variables):

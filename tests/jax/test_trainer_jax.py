@@ -261,3 +261,42 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, 
     with open(run / "eval_results.json") as f:
         assert json.load(f)["step"] == 11
     assert npz_checkpoints.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-12.npz")
+
+
+def test_damaged_newest_checkpoints_are_skipped_and_the_resumed_run_matches(tmp_path, jax_run):
+    """Issue 24: a NaN-filled newest ckpt-N.npz was "the last good checkpoint" of every restart;
+    0-byte and crafted ones (bad data position, deep JSON, non-scalar step) crashed."""
+    import shutil
+
+    from t2t_image.storage import npz_checkpoints
+
+    run = tmp_path / "run"
+    shutil.copytree(jax_run, run)
+    folder = run / "checkpoints"
+
+    def rewrite(number, **changes):
+        path = folder / f"ckpt-{number}.npz"
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+        arrays.update(changes)
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    with np.load(folder / "ckpt-12.npz") as f:
+        rewrite(12, **{"model/000000": np.full_like(f["model/000000"], np.nan)})
+    (folder / "ckpt-11.npz").write_bytes(b"")
+    rewrite(10, data_iterator=np.asarray('{"epoch": 0, "position": 99999999}'))
+    rewrite(9, data_iterator=np.asarray("[" * 50_000 + "]" * 50_000))
+    rewrite(8, step=np.arange(2))
+    out = subprocess.run(_trainer_cli(run, "--gin_param=t2t_image.Trainer.eval_batches=1"),
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for step, reason in ((12, "NaN or infinite"), (11, "empty (0 bytes)"),
+                         (10, "data position epoch=0, position=99999999 is outside"),
+                         (9, "nested too deeply"), (8, "'step' must be a scalar")):
+        assert f"{folder}/ckpt-{step}.npz" in out.stderr and reason in out.stderr, reason
+    assert f"Restored {folder}/ckpt-7.npz at step 7." in out.stderr
+    resumed = npz_checkpoints.read_checkpoint(folder / "ckpt-12.npz")
+    straight = npz_checkpoints.read_checkpoint(jax_run / "checkpoints" / "ckpt-12.npz")
+    for a, b in zip(resumed[0] + resumed[1], straight[0] + straight[1]):
+        np.testing.assert_array_equal(a, b)
