@@ -30,7 +30,8 @@ setuptools.setup(
     extras_require={
         "cpu": ["tensorflow-cpu==2.21.*"],
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
-        "test": ["pytest", "pytest-xdist"],
+        # imagecodecs: JPEG 2000 and JPEG XL in benchmarks/compression.py and its test.
+        "test": ["pytest", "pytest-xdist", "imagecodecs"],
         # KERAS_BACKEND=jax: training, evaluation and sampling under JAX (CPU wheel; on a
         # GPU install jax[cuda12] instead). Works without TensorFlow for npz/random data.
         "jax": ["jax[cpu]>=0.10"],
@@ -42,6 +43,8 @@ setuptools.setup(
             "t2t-image-trainer = t2t_image.cli.trainer:run",
             "t2t-image-sampler = t2t_image.cli.sampler:run",
             "t2t-image-exporter = t2t_image.cli.exporter:run",
+            "t2t-image-compress = t2t_image.cli.compress:run",
+            "t2t-image-decompress = t2t_image.cli.decompress:run",
         ]
     },
     classifiers=[

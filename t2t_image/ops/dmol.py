@@ -133,16 +133,63 @@ def discretized_mix_logistic_loss(pred, labels):
     component_log_probs = []
     for k in range(num_mixtures):
         mean, log_scale, coeff = means[..., k, :], log_scales[..., k, :], coeffs[..., k, :]
-        # Autoregressive means within the pixel: G += c0 * x_R, B += c1 * x_R + c2 * x_G.
-        mean_g = mean[..., 1] + coeff[..., 0] * x_r
-        mean_b = mean[..., 2] + coeff[..., 1] * x_r + coeff[..., 2] * x_g
-        log_prob = (
-            _channel_log_prob(x_r, mean[..., 0], log_scale[..., 0])
-            + _channel_log_prob(x_g, mean_g, log_scale[..., 1])
-            + _channel_log_prob(x_b, mean_b, log_scale[..., 2])
-        )
+        log_prob = sum(_channel_log_prob(x, _channel_mean(mean, coeff, x_r, x_g, c),
+                                         log_scale[..., c])
+                       for c, x in enumerate((x_r, x_g, x_b)))
         component_log_probs.append(log_prob + log_mixture_weights[..., k])
     return -_logsumexp(component_log_probs)
+
+
+def _channel_mean(mean, coeff, x_r, x_g, channel):
+    """The autoregressive mean of ``channel``: G += c0 * x_R, B += c1 * x_R + c2 * x_G."""
+    if channel == 0:
+        return mean[..., 0]
+    if channel == 1:
+        return mean[..., 1] + coeff[..., 0] * x_r
+    return mean[..., 2] + coeff[..., 1] * x_r + coeff[..., 2] * x_g
+
+
+def discretized_mix_logistic_channel_log_probs(pred, previous, channel):
+    """Log-probabilities of all 256 values of one channel given the pixel's earlier channels.
+
+    The per-sub-pixel table of a DMOL pixel, for entropy coding it one channel
+    at a time: ``log p(x_c = v | x_0 .. x_{c-1})`` up to a constant (the
+    mid-point approximation of tiny bins, as in
+    ``discretized_mix_logistic_loss``, means the 256 values need not sum to
+    exactly 1: normalise with a softmax). The component weights are the
+    mixture weights times each component's probability of the earlier
+    channels, so the three conditionals multiply to the loss's joint
+    probability of the pixel. Not a T2T function (T2T only scores and samples).
+
+    Args:
+        pred: float tensor `[..., 10 * K]` (any float dtype).
+        previous: integer tensor `[..., 3]`, the pixel's values (channels
+            before ``channel`` are read).
+        channel: static int, 0 (R), 1 (G) or 2 (B).
+
+    Returns:
+        float32 tensor `[..., 256]`.
+    """
+    pred = ops.convert_to_tensor(pred)
+    num_mixtures = _num_mixtures(pred)
+    # The likelihood is computed in float32 whatever the dtype of pred.
+    pred = ops.cast(pred, "float32")
+    logits, means, log_scales, coeffs = _split_params(pred, num_mixtures)
+    x = ops.cast(previous, "float32") / 127.5 - 1.0
+    x_r, x_g = x[..., 0], x[..., 1]
+    bins = ops.arange(256, dtype="float32") / 127.5 - 1.0
+    log_weights = ops.log_softmax(logits, axis=-1)
+    tables = []
+    for k in range(num_mixtures):
+        mean, log_scale, coeff = means[..., k, :], log_scales[..., k, :], coeffs[..., k, :]
+        weight = log_weights[..., k]
+        for c in range(channel):
+            weight = weight + _channel_log_prob(
+                x[..., c], _channel_mean(mean, coeff, x_r, x_g, c), log_scale[..., c])
+        table = _channel_log_prob(bins, _channel_mean(mean, coeff, x_r, x_g, channel)[..., None],
+                                  log_scale[..., channel][..., None])
+        tables.append(table + weight[..., None])
+    return _logsumexp(tables)
 
 
 def _channel_log_prob(x, mean, log_scale):

@@ -47,9 +47,88 @@ def num_steps(model):
     return rows * cols
 
 
+def run_steps(model, canvas, cache, start, stop, choose, carry=(), given=None):
+    """Runs decoding steps ``[start, stop)`` as one ``keras.ops.while_loop``.
+
+    Step ``t`` runs ``model.call_step`` at ``generation_order(model)[t]``,
+    asks ``choose`` for the values of that position and writes them into
+    ``canvas`` (a "cat" sub-pixel, or a "dmol" pixel and its channels).
+    ``choose`` decides what a step writes: the sampler draws a value
+    (``decode_steps``), the compression codec writes the true value or the
+    one its entropy decoder read (``t2t_image.compression``); both run this
+    same loop. Backend-neutral (``keras.ops``); trace it inside a compiled
+    function (``compiled.compiled``).
+
+    T2T ``fast_decode`` (its ``tf.while_loop`` over cached decoding steps).
+
+    Args:
+        model: a built ``ImageTransformer``.
+        canvas: int32 tensor `[batch, height, width, channels]`.
+        cache: the model's decoding cache (``model.init_cache``).
+        start: scalar int32 tensor, first step.
+        stop: scalar int32 tensor, one past the last step.
+        choose: ``choose(outputs, t, current, carry) -> (values, carry)``:
+            ``outputs`` float32 `[batch, vocab_size]` ("cat") or `[batch, 10 *
+            K]` ("dmol"), ``current`` the canvas's values at the step's
+            position (`[batch]` "cat", `[batch, channels]` "dmol"); returns
+            values of that shape (any integer dtype) and the new ``carry``.
+        carry: nested tensors threaded through the steps for ``choose``.
+        given: optional int32 tensor shaped like ``canvas``: ``current`` is
+            read from it instead of from ``canvas``.
+
+    Returns:
+        ``(canvas, cache, carry)`` after the steps.
+    """
+    order = generation_order(model)
+    rows, cols, channels = (ops.convert_to_tensor(a.astype(np.int32))
+                            for a in step_coordinates(model, order))
+    order = ops.convert_to_tensor(order.astype(np.int32))
+    cat = model.likelihood == "cat"
+
+    refresh = model.window_refresh_positions()
+
+    def body(t, canvas, cache, carry):
+        out, cache = model.call_step(canvas, cache, ops.take(order, t),
+                                     window_ready=refresh is not None)
+        y, x = ops.take(rows, t), ops.take(cols, t)
+        batch = ops.shape(canvas)[0]
+        if cat:
+            begin, size = (0, y, x, ops.take(channels, t)), (batch, 1, 1, 1)
+        else:
+            begin, size = (0, y, x, 0), (batch, 1, 1, model.num_channels)
+        current = ops.reshape(ops.slice(canvas if given is None else given, begin, size),
+                              (batch, -1))
+        value, carry = choose(out, t, current[:, 0] if cat else current, carry)
+        value = ops.reshape(ops.cast(value, canvas.dtype), size)
+        return t + 1, ops.slice_update(canvas, begin, value), cache, carry
+
+    if refresh is None:
+        _, canvas, cache, carry = ops.while_loop(
+            lambda t, canvas, cache, carry: t < stop, body, (start, canvas, cache, carry)
+        )
+        return canvas, cache, carry
+
+    # local_2d: an outer loop over query blocks refreshes the window buffers
+    # (refresh_cache), an inner loop decodes the block's steps from them.
+    total = num_steps(model)
+    block_end = segment_ends(model, generation_order(model), np.array([0, total]))
+    block_end = ops.convert_to_tensor(block_end.astype(np.int32))
+
+    def block_body(t, canvas, cache, carry):
+        cache = model.refresh_cache(cache, ops.take(order, t))
+        end = ops.minimum(ops.take(block_end, t), stop)
+        return ops.while_loop(lambda t, canvas, cache, carry: t < end, body,
+                              (t, canvas, cache, carry))
+
+    _, canvas, cache, carry = ops.while_loop(
+        lambda t, canvas, cache, carry: t < stop, block_body, (start, canvas, cache, carry)
+    )
+    return canvas, cache, carry
+
+
 def decode_steps(model, canvas, cache, seed, temperature, num_prefix_rows, start, stop,
                  top_k=0):
-    """Runs generation steps ``[start, stop)`` as one ``keras.ops.while_loop``.
+    """Runs generation steps ``[start, stop)``, drawing every value (``run_steps``).
 
     Step ``t`` decodes the position ``generation_order(model)[t]`` with
     ``model.call_step``, draws its value with seed ``step_seed(seed, t)``
@@ -78,51 +157,14 @@ def decode_steps(model, canvas, cache, seed, temperature, num_prefix_rows, start
     Returns:
         ``(canvas, cache)`` after the steps.
     """
-    order = generation_order(model)
-    rows, cols, channels = (ops.convert_to_tensor(a.astype(np.int32))
-                            for a in step_coordinates(model, order))
-    order = ops.convert_to_tensor(order.astype(np.int32))
-    cat = model.likelihood == "cat"
+    rows = ops.convert_to_tensor(step_coordinates(model)[0].astype(np.int32))
 
-    refresh = model.window_refresh_positions()
+    def draw(out, t, current, carry):
+        value = draw_values(model.likelihood, out, step_seed(seed, t), temperature, top_k)
+        prefix = ops.take(rows, t) < num_prefix_rows
+        return ops.where(prefix, current, ops.cast(value, current.dtype)), carry
 
-    def body(t, canvas, cache):
-        out, cache = model.call_step(canvas, cache, ops.take(order, t),
-                                     window_ready=refresh is not None)
-        seed_t = step_seed(seed, t)
-        y, x = ops.take(rows, t), ops.take(cols, t)
-        value = draw_values(model.likelihood, out, seed_t, temperature, top_k)
-        batch = ops.shape(canvas)[0]
-        if cat:
-            value = value[:, None, None, None]
-            begin, size = (0, y, x, ops.take(channels, t)), (batch, 1, 1, 1)
-        else:
-            value = value[:, None, None, :]
-            begin, size = (0, y, x, 0), (batch, 1, 1, model.num_channels)
-        kept = ops.slice(canvas, begin, size)
-        value = ops.where(y < num_prefix_rows, kept, ops.cast(value, canvas.dtype))
-        return t + 1, ops.slice_update(canvas, begin, value), cache
-
-    if refresh is None:
-        _, canvas, cache = ops.while_loop(
-            lambda t, canvas, cache: t < stop, body, (start, canvas, cache)
-        )
-        return canvas, cache
-
-    # local_2d: an outer loop over query blocks refreshes the window buffers
-    # (refresh_cache), an inner loop decodes the block's steps from them.
-    total = num_steps(model)
-    block_end = segment_ends(model, generation_order(model), np.array([0, total]))
-    block_end = ops.convert_to_tensor(block_end.astype(np.int32))
-
-    def block_body(t, canvas, cache):
-        cache = model.refresh_cache(cache, ops.take(order, t))
-        end = ops.minimum(ops.take(block_end, t), stop)
-        return ops.while_loop(lambda t, canvas, cache: t < end, body, (t, canvas, cache))
-
-    _, canvas, cache = ops.while_loop(
-        lambda t, canvas, cache: t < stop, block_body, (start, canvas, cache)
-    )
+    canvas, cache, _ = run_steps(model, canvas, cache, start, stop, draw)
     return canvas, cache
 
 
