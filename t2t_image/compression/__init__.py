@@ -8,6 +8,7 @@ and ``graph.py`` for the compiled coding loop that both sides share.
 
 from t2t_image.compression.codec import (
     DEFAULT_BATCH_SIZE,
+    check_file,
     compress,
     decompress,
     environment,
@@ -19,6 +20,7 @@ from t2t_image.compression.file_format import CompressedFileError
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "CompressedFileError",
+    "check_file",
     "compress",
     "decompress",
     "environment",

@@ -244,14 +244,29 @@ def _check_file_against_model(header, model, fingerprint, name, allow_other_vers
             "tell.")
 
 
+def check_file(model, data, fingerprint=None, name="the file", allow_other_versions=False):
+    """Every check of a compressed file that needs no decoding: ``(header, streams)``.
+
+    Format (magic, version, file CRC), model fingerprint, image size, labels,
+    backend and environment, in that order.
+
+    Raises:
+        CompressedFileError: naming what does not match and what to do.
+    """
+    check_model(model)
+    header, streams = read_header(data, name, model)
+    _check_file_against_model(header, model, fingerprint or weights_fingerprint(model), name,
+                              allow_other_versions)
+    return header, streams
+
+
 def decompress(model, data, fingerprint=None, name="the file", allow_other_versions=False,
                stats=None):
     """Decompresses a ``compress`` file: ``(images, labels)``.
 
-    Every check that needs no decoding comes first (format, file CRC, model,
-    backend, environment); after decoding, every stream must end where and
-    how the encoder began it, and the images must match the stored CRC-32 of
-    the original pixels.
+    Every check that needs no decoding comes first (``check_file``); after
+    decoding, every stream must end where and how the encoder began it, and
+    the images must match the stored CRC-32 of the original pixels.
 
     Args:
         model: the model that compressed the file.
@@ -271,10 +286,7 @@ def decompress(model, data, fingerprint=None, name="the file", allow_other_versi
         CompressedFileError: a file this model cannot decode, or one whose
             decoding failed (named, with what to do).
     """
-    check_model(model)
-    header, streams = read_header(data, name, model)
-    _check_file_against_model(header, model, fingerprint or weights_fingerprint(model), name,
-                              allow_other_versions)
+    header, streams = check_file(model, data, fingerprint, name, allow_other_versions)
     count, batch = len(streams), header.batch
     if count == 0 or batch < 1 or batch > count:
         raise CompressedFileError(f"{name}: corrupted header ({count} images in batches of "

@@ -8,6 +8,7 @@ output file. Not a T2T feature.
 """
 
 import os
+import zipfile
 
 import numpy as np
 
@@ -33,7 +34,7 @@ def read_images(paths):
     Raises:
         ValueError: a missing or unreadable file, images of different sizes.
     """
-    from PIL import Image
+    from t2t_image.sampling.files import read_image
 
     images, labels, names = [], [], []
     for path in paths:
@@ -46,11 +47,7 @@ def read_images(paths):
             labels += list(batch_labels) if batch_labels is not None else [None] * len(batch)
             names += [f"{stem}_{i}" for i in range(len(batch))]
             continue
-        try:
-            with Image.open(path) as image:
-                images.append(np.asarray(image.convert("RGB"), np.uint8))
-        except (OSError, ValueError, SyntaxError) as e:  # Pillow's errors for unreadable files
-            raise ValueError(f"{path}: not a readable image ({e}).") from e
+        images.append(read_image(path, flag=None))
         labels.append(None)
         names.append(stem)
     if not images:
@@ -75,7 +72,9 @@ def _read_npz(path):
             images = data[key]
             label_key = next((k for k in _NPZ_LABEL_KEYS if k in keys), None)
             labels = None if label_key is None else data[label_key]
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        if "no image array" in str(e):
+            raise
         raise ValueError(f"{path}: not a readable .npz ({e}).") from e
     if images.ndim == 3:
         images = images[None]
@@ -191,14 +190,16 @@ def decompress_files(model, paths, output, fingerprint=None, allow_other_version
     from t2t_image.compression import codec
 
     fingerprint = fingerprint or codec.weights_fingerprint(model)
-    decoded = []
+    contents = []
     for path in paths:
         if not os.path.isfile(path):
             raise ValueError(f"{path}: no such file.")
         with open(path, "rb") as f:
-            data = f.read()
-        decoded.append((path, *codec.decompress(model, data, fingerprint, path,
-                                                allow_other_versions)))
+            contents.append(f.read())
+        # Every file is checked before the first is decoded (minutes, for many images).
+        codec.check_file(model, contents[-1], fingerprint, path, allow_other_versions)
+    decoded = [(path, *codec.decompress(model, data, fingerprint, path, allow_other_versions))
+               for path, data in zip(paths, contents)]
     images = np.concatenate([d[1] for d in decoded])
     with_labels = all(d[2] is not None for d in decoded)
     if output.endswith(".npz"):

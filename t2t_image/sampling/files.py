@@ -20,7 +20,8 @@ def read_image(path, flag="complete"):
 
     Args:
         path: str, a PNG (or any format Pillow reads).
-        flag: str, the flag that named the file (for error messages).
+        flag: str, the flag that named the file (for error messages), or
+            None for a file given as an argument.
 
     Returns:
         uint8 NumPy array `[h, w, 3]`.
@@ -30,13 +31,14 @@ def read_image(path, flag="complete"):
     """
     from PIL import Image
 
+    named = path if flag is None else f"--{flag}={path}"
     if not os.path.isfile(path):
-        raise SamplingArgumentError(f"--{flag}={path}: no such image file.")
+        raise SamplingArgumentError(f"{named}: no such image file.")
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"), np.uint8)
     except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for unreadable files
-        raise SamplingArgumentError(f"--{flag}={path}: not a readable image ({e}).") from e
+        raise SamplingArgumentError(f"{named}: not a readable image ({e}).") from e
 
 
 def _npz_array(path):
