@@ -80,7 +80,7 @@ def load(model_dir, checkpoint):
 
     errors.import_tensorflow_quietly()  # (once: a no-op after the first call)
     from t2t_image.compression import codec
-    from t2t_image.training.model_loading import load_model
+    from t2t_image.storage.model_loading import load_model
 
     try:
         model, source = load_model(model_dir, checkpoint)
