@@ -114,6 +114,20 @@ def _check_images(model, images, labels):
     return images.astype(np.uint8), labels
 
 
+def _check_inputs(model, images, inputs):
+    if inputs is None:
+        from t2t_image.data.numpy_pipeline import area_resize_numpy
+
+        return area_resize_numpy(images, (model.input_height, model.input_width))
+    inputs = np.asarray(inputs)
+    if inputs.shape != (len(images),) + _input_size(model):
+        raise ValueError(f"inputs must have shape {[len(images), *_input_size(model)]} (one "
+                         f"low-resolution image per image), got {list(inputs.shape)}.")
+    if not np.issubdtype(inputs.dtype, np.integer) or inputs.min() < 0 or inputs.max() > 255:
+        raise ValueError("inputs must hold integers in 0..255 (uint8).")
+    return inputs.astype(np.uint8)
+
+
 def _input_size(model):
     return (model.input_height, model.input_width, model.num_channels)
 
@@ -136,7 +150,7 @@ def _conditioning(model, labels, inputs, begin, end, batch):
 
 
 def compress(model, images, labels=None, fingerprint=None, batch_size=DEFAULT_BATCH_SIZE,
-             stats=None):
+             stats=None, inputs=None):
     """Compresses images losslessly with ``model``: the bytes of one ``.t2tc`` file.
 
     Args:
@@ -150,6 +164,11 @@ def compress(model, images, labels=None, fingerprint=None, batch_size=DEFAULT_BA
             ``min(batch_size, n)``; decompression runs the same).
         stats: optional dict, filled with ``model_bits`` (float64 `[n]`, the
             model's own cost of each image) and ``stream_bytes`` (int `[n]`).
+        inputs: super-resolution models: the low-resolution images `[n,
+            input_height, input_width, channels]` the model was trained with
+            (e.g. a data set's precomputed ones); default: the images
+            area-downsampled as the training pipeline does
+            (``area_resize_numpy``). Stored raw in the file.
 
     Returns:
         bytes.
@@ -163,11 +182,10 @@ def compress(model, images, labels=None, fingerprint=None, batch_size=DEFAULT_BA
             or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
     fingerprint = fingerprint or weights_fingerprint(model)
-    inputs = None
     if needs_inputs(model):
-        from t2t_image.data.numpy_pipeline import area_resize_numpy
-
-        inputs = area_resize_numpy(images, (model.input_height, model.input_width))
+        inputs = _check_inputs(model, images, inputs)
+    elif inputs is not None:
+        raise ValueError("inputs were given but the model takes none (it has no encoder).")
     count = len(images)
     batch = min(int(batch_size), count)
     run = graph.codec_function(model, batch)

@@ -15,6 +15,7 @@ import numpy as np
 SUFFIX = ".t2tc"
 _NPZ_IMAGE_KEYS = ("images", "x", "x32", "targets", "samples")
 _NPZ_LABEL_KEYS = ("labels", "y", "label")
+_NPZ_INPUT_KEYS = ("inputs", "x8", "low_res")
 
 
 def read_images(paths):
@@ -27,28 +28,33 @@ def read_images(paths):
             Pillow as RGB.
 
     Returns:
-        ``(images, labels, names)``: uint8 `[n, h, w, 3]`, int64 `[n]` or
-        None (labels only when every image has one), and a name per image
-        (the file's stem, plus ``_i`` for the images of an ``.npz``).
+        ``(images, labels, inputs, names)``: uint8 `[n, h, w, 3]`, int64
+        `[n]` or None (labels only when every image has one), the
+        low-resolution inputs of super-resolution pairs (an ``.npz``'s
+        ``inputs``, ``x8`` or ``low_res``; only when every image has one) or
+        None, and a name per image (the file's stem, plus ``_i`` for the
+        images of an ``.npz``).
 
     Raises:
         ValueError: a missing or unreadable file, images of different sizes.
     """
     from t2t_image.sampling.files import read_image
 
-    images, labels, names = [], [], []
+    images, labels, inputs, names = [], [], [], []
     for path in paths:
         if not os.path.isfile(path):
             raise ValueError(f"{path}: no such file.")
         stem = os.path.splitext(os.path.basename(path))[0]
         if path.endswith(".npz"):
-            batch, batch_labels = _read_npz(path)
+            batch, batch_labels, batch_inputs = _read_npz(path)
             images += list(batch)
             labels += list(batch_labels) if batch_labels is not None else [None] * len(batch)
+            inputs += list(batch_inputs) if batch_inputs is not None else [None] * len(batch)
             names += [f"{stem}_{i}" for i in range(len(batch))]
             continue
         images.append(read_image(path, flag=None))
         labels.append(None)
+        inputs.append(None)
         names.append(stem)
     if not images:
         raise ValueError("no images given.")
@@ -57,7 +63,8 @@ def read_images(paths):
         raise ValueError(f"the images have different sizes {sizes}; give images of the model's "
                          "size only.")
     known = None if any(label is None for label in labels) else np.array(labels, np.int64)
-    return np.stack(images), known, names
+    pairs = None if any(x is None for x in inputs) else np.stack(inputs)
+    return np.stack(images), known, pairs, names
 
 
 def _read_npz(path):
@@ -72,6 +79,8 @@ def _read_npz(path):
             images = data[key]
             label_key = next((k for k in _NPZ_LABEL_KEYS if k in keys), None)
             labels = None if label_key is None else data[label_key]
+            input_key = next((k for k in _NPZ_INPUT_KEYS if k in keys and k != key), None)
+            inputs = None if input_key is None else data[input_key]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         if "no image array" in str(e):
             raise
@@ -84,7 +93,9 @@ def _read_npz(path):
                          f"{images.dtype} {list(images.shape)}.")
     if labels is not None and labels.shape != (len(images),):
         labels = None
-    return images.astype(np.uint8), labels
+    if inputs is not None and (inputs.ndim != 4 or len(inputs) != len(images)):
+        inputs = None
+    return images.astype(np.uint8), labels, inputs
 
 
 def write_whole(path, data):
@@ -142,8 +153,11 @@ def compress_files(model, paths, output, label=None, batch_size=32, fingerprint=
         `[n]`).
     """
     from t2t_image.compression import codec  # Keras: imported once images are read
+    from t2t_image.sampling.common import needs_inputs
 
-    images, labels, names = read_images(paths)
+    images, labels, inputs, names = read_images(paths)
+    if not needs_inputs(model):
+        inputs = None  # an .npz's inputs only matter to super-resolution models
     if label is not None:
         labels = np.full((len(images),), int(label), np.int64)
     fingerprint = fingerprint or codec.weights_fingerprint(model)
@@ -160,7 +174,7 @@ def compress_files(model, paths, output, label=None, batch_size=32, fingerprint=
         stats = {}
         blobs.append(codec.compress(model, images[group],
                                     None if labels is None else labels[group], fingerprint,
-                                    batch_size, stats))
+                                    batch_size, stats, None if inputs is None else inputs[group]))
         bits.append(stats["model_bits"])
     for path, blob in zip(targets, blobs):
         write_whole(path, blob)

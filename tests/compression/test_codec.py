@@ -64,22 +64,26 @@ def coded(request, images):
     model = _model(request.param)
     pixels, labels = images
     labels = labels if model.num_classes else None
+    # Super-resolution: given low-resolution inputs (not the default area resize), stored raw.
+    inputs = area_resize_numpy(pixels, 4) ^ 1 if isinstance(model, Img2ImgTransformer) else None
     stats = {}
-    data = compress(model, pixels, labels, batch_size=BATCH, stats=stats)
-    return model, pixels, labels, data, stats
+    data = compress(model, pixels, labels, batch_size=BATCH, stats=stats, inputs=inputs)
+    return model, pixels, labels, data, stats, inputs
 
 
-def _features(model, pixels, labels):
+def _features(model, pixels, labels, inputs):
     features = {"targets": pixels.astype(np.int32)}
     if labels is not None:
         features["labels"] = labels.astype(np.int32)
     if isinstance(model, Img2ImgTransformer):
-        features["inputs"] = area_resize_numpy(pixels, 4).astype(np.int32)
+        features["inputs"] = inputs.astype(np.int32)
     return features
 
 
 def test_round_trip_is_bit_exact(coded):
-    model, pixels, labels, data, stats = coded
+    model, pixels, labels, data, stats, inputs = coded
+    if inputs is not None:  # the low-resolution part of the two-part code, raw
+        assert read_header(data, model=model)[0].inputs == inputs.astype(np.uint8).tobytes()
     back_stats = {}
     decoded, back_labels = decompress(model, data, stats=back_stats)
     np.testing.assert_array_equal(decoded, pixels)
@@ -93,7 +97,7 @@ def test_round_trip_is_bit_exact(coded):
 
 
 def test_size_is_the_model_bits_plus_the_header(coded):
-    model, pixels, labels, data, stats = coded
+    model, pixels, labels, data, stats, inputs = coded
     header, streams = read_header(data, model=model)
     assert len(data) == header.size + sum(len(s) for s in streams) + 4
     # 24 bytes, a 1- or 2-byte varint per stream length, a byte per label.
@@ -104,7 +108,7 @@ def test_size_is_the_model_bits_plus_the_header(coded):
     assert header.size + 4 == expected
     # Each stream: the model's own cost of the image (its full parallel pass) within 1%,
     # plus the coder's 4-byte state.
-    nats = -np.asarray(model.log_prob(_features(model, pixels, labels)), np.float64)
+    nats = -np.asarray(model.log_prob(_features(model, pixels, labels, inputs)), np.float64)
     model_bits = nats / np.log(2.0)
     np.testing.assert_allclose(stats["model_bits"], model_bits, rtol=1e-4)
     stream_bits = 8.0 * np.array([len(s) for s in streams])
@@ -119,7 +123,7 @@ def _fix_crc(data):
 
 
 def test_bad_files_are_refused_by_name(coded):
-    model, _, _, data, _ = coded
+    model, _, _, data, _, _ = coded
     header, _ = read_header(data, model=model)
     cases = {
         "a header byte": (lambda d: d[:9] + bytes([d[9] ^ 4]) + d[10:], "corrupted"),
@@ -141,7 +145,7 @@ def test_bad_files_are_refused_by_name(coded):
 
 
 def test_a_wrong_decode_is_never_silent(coded):
-    model, pixels, labels, data, _ = coded
+    model, pixels, labels, data, _, _ = coded
     header, streams = read_header(data, model=model)
     # A payload byte changed behind a valid file CRC: the decoder runs, and the stream's end
     # or the pixel CRC refuses the result.
@@ -161,9 +165,15 @@ def test_a_wrong_decode_is_never_silent(coded):
 
 
 def test_argument_checks(coded):
-    model, pixels, labels, _, _ = coded
+    model, pixels, labels, _, _, _ = coded
     with pytest.raises(ValueError, match=r"images must have shape \[n, 8, 8, 3\]"):
         compress(model, pixels[:, :4], labels)
+    if isinstance(model, Img2ImgTransformer):
+        with pytest.raises(ValueError, match=r"inputs must have shape \[7, 4, 4, 3\]"):
+            compress(model, pixels, inputs=pixels)
+    else:
+        with pytest.raises(ValueError, match="the model takes none"):
+            compress(model, pixels, labels, inputs=pixels)
     if labels is not None:
         with pytest.raises(ValueError, match="class-conditional"):
             compress(model, pixels)
