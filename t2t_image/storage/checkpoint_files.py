@@ -307,6 +307,10 @@ def restore_newest(restore, checkpoint_dir, *, name="ckpt", variables=(), first=
             try:
                 with glob_safe_prefix(prefix) as path:
                     restore(path)
+            except ValueError as e:  # TF: "Received incompatible tensor with shape ..."
+                raise CheckpointMismatchError(
+                    f"checkpoint {prefix} does not fit the current model: {_first_line(e)}"
+                ) from e
             except (tf.errors.OpError, IndexError, OSError) as e:
                 if _is_mismatch(e):
                     raise CheckpointMismatchError(

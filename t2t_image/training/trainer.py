@@ -157,6 +157,7 @@ class Trainer:
             self.strategy = strategy_lib.make_strategy(strategy)
             self.is_chief = strategy_lib.is_chief(self.strategy)
         self._built = False
+        self._other_backend = None  # a newer checkpoint of the other Keras backend (build)
         self._restored = False  # weights come from a checkpoint or from training
         self._settings_written = False  # run_guard.RUN_SETTINGS_NAME of this run
         self._lock = None
@@ -236,6 +237,9 @@ class Trainer:
             )
         # Resuming with another architecture fails here, before any step runs.
         run_guard.check_model_config(self.model_dir, self.model)
+        # ... and resuming another backend's checkpoints (train() holds the lock).
+        self._other_backend = run_guard.other_backend_checkpoint(
+            self.model_dir, ckpt_dir, training=self._lock is not None)
         self._built = True
 
     def _shape(self, spec):
@@ -272,10 +276,19 @@ class Trainer:
         ``saved_optimizer``: the object to read the checkpoint's optimizer into,
         when it was saved by another kind of optimizer (precision changes).
         Unreadable or non-finite checkpoints are skipped (``run_guard.restore_run``).
+        Outside training, a newer checkpoint of the other Keras backend is used
+        (``_restore_other_backend``).
         """
         self.build()
         self._restored = True
-        if self._jax is not None:
+        if checkpoint_path:  # a file of the other backend's format?
+            foreign = checkpoint_path if checkpoint_path.endswith(".npz") == (
+                self._jax is None) else None
+        else:  # evaluation reads the newest checkpoint of either backend (training refused)
+            foreign = self._other_backend if self._lock is None else None
+        if foreign:
+            path = self._restore_other_backend(foreign, exact=checkpoint_path)
+        elif self._jax is not None:
             path = self._jax.restore_newest(self.checkpoint, self.manager, checkpoint_path,
                                             data_iterator)
         else:
@@ -288,8 +301,17 @@ class Trainer:
                 if data_iterator and hasattr(self.checkpoint, "data_iterator"):
                     objects["data_iterator"] = self.checkpoint.data_iterator
                 checkpoint = tf.train.Checkpoint(step=self.step, **objects)
-            path = run_guard.restore_run(checkpoint, self.manager, self.model.weights,
-                                         checkpoint_path, partial=partial)
+            try:
+                path = run_guard.restore_run(checkpoint, self.manager, self.model.weights,
+                                             checkpoint_path, partial=partial)
+            except run_guard.CheckpointMismatchError as e:
+                if files.gfile().exists(os.path.join(self.model_dir,
+                                                     run_guard.MODEL_CONFIG_NAME)):
+                    raise
+                raise run_guard.CheckpointMismatchError(
+                    f"{str(e).rstrip('.')}. {self.model_dir} has no {run_guard.MODEL_CONFIG_NAME} to name the "
+                    "architecture it was trained with: use the gin files of that run (e.g. "
+                    f"{os.path.join(self.model_dir, 'operative_config.gin')}).") from e
         if path is None and required:
             raise run_guard.CheckpointNotFoundError(
                 f"no checkpoint to evaluate in {self.manager.directory} "
@@ -298,6 +320,31 @@ class Trainer:
         if path:
             logging.info("Restored %s at step %d.", path, int(self.step.numpy()))
             self._saved = (int(self.step.numpy()), path)  # a stop right away saves nothing new
+        return path
+
+    def _restore_other_backend(self, newest, exact=None):
+        """Reads the model weights and step of the other backend's checkpoint, for evaluation.
+
+        Under TensorFlow the JAX trainer's ``.npz`` files load (the newest usable
+        one, or ``exact``); under JAX, TF checkpoints cannot be read and are
+        refused by name.
+        """
+        if self._jax is not None:
+            raise run_guard.CheckpointMismatchError(
+                f"the newest checkpoint of {self.model_dir}, {newest}, was written under "
+                "KERAS_BACKEND=tensorflow, which the JAX backend cannot read: evaluate it with "
+                "KERAS_BACKEND=tensorflow.")
+        from t2t_image.storage import npz_checkpoints
+
+        def restore(path):
+            weights, _, step, _ = npz_checkpoints.read_checkpoint(path)
+            npz_checkpoints.set_weights_checked(self.model.weights, weights, "model weight", path)
+            self.step.assign(step)
+
+        path, _ = npz_checkpoints.restore_newest(
+            os.path.dirname(exact or newest), restore, exact=exact)
+        logging.warning("Using %s, written under KERAS_BACKEND=jax (newer than any TensorFlow "
+                        "checkpoint of %s): its model weights and step.", path, self.model_dir)
         return path
 
     def _record_first_stage(self, first_stage_dir):
@@ -323,7 +370,8 @@ class Trainer:
         info = self.train_info
         dataset = f"{info.source} [{info.split}]" if info is not None else None
         return {"batch_size": self.global_batch_size, "precision": self.precision or "float32",
-                "dataset": dataset}
+                "dataset": dataset, "backend": keras.backend.backend(),
+                "checkpoint_format": run_guard.checkpoint_format()}
 
     def _resume_plan(self):
         """Compares this run's settings with the checkpoints': what ``restore`` must adapt.

@@ -99,9 +99,10 @@ def test_sampler_unwritable_output_fails_before_sampling(tmp_path, flag):
     assert "Loaded" not in proc.stderr  # refused before the model was even loaded
 
 
-def test_eval_of_a_read_only_model_dir(tmp_path):
-    """An archived run (read-only bind mount) can be evaluated: nothing written, results
-    printed."""
+def test_every_tool_on_a_read_only_model_dir(tmp_path):
+    """An archived run (read-only bind mount) can be evaluated (nothing written, results
+    printed), sampled and exported; training and averaging refuse in one line naming the
+    model_dir (issue 24: each tool on a read-only model_dir)."""
     model_dir = tmp_path / "archived"
     first = run_trainer(model_dir, NO_EVAL, steps=2)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -117,6 +118,18 @@ def test_eval_of_a_read_only_model_dir(tmp_path):
         results = json.loads(evaluated.stdout.strip().splitlines()[-1])
         assert results["step"] == 2 and 0 < results["bits_per_dim"] < 12
         assert "cannot write operative_config_eval.gin" in evaluated.stderr
+        for mode in ("train", "average"):
+            refused = _one_line_error(run_trainer(model_dir, f"--mode={mode}", steps=3))
+            assert (f"--model_dir={model_dir} cannot be written (Read-only file system: "
+                    f"{model_dir}/.trainer.lock)") in refused
+        sampled = run_tool("t2t-image-sampler", f"--model_dir={model_dir}", "--num_samples=1",
+                           "--output=grid.png", "--noprogress", cwd=tmp_path)
+        assert sampled.returncode == 0, sampled.stderr[-3000:]
+        assert (tmp_path / "grid.png").stat().st_size > 100
+        exported = run_tool("t2t-image-exporter", f"--model_dir={model_dir}",
+                            f"--export_dir={tmp_path / 'export'}", "--nojit_compile", cwd=tmp_path)
+        assert exported.returncode == 0, exported.stderr[-3000:]
+        assert (tmp_path / "export" / "saved_model.pb").is_file()
         assert sorted(os.listdir(model_dir)) == before
     finally:
         umount(model_dir)

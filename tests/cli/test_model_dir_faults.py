@@ -5,6 +5,7 @@ One real run of gin/tiny.gin (2 steps) is copied for each case; the tools run as
 subprocesses and must refuse in a few lines naming the file or setting, losing nothing.
 """
 
+import importlib.util
 import os
 import shutil
 
@@ -55,3 +56,45 @@ def test_exporter_overwrite_never_replaces_a_run_or_other_files(tmp_path, traine
                       "not an export written by t2t_image", "thesis/draft.tex")
     assert tree(mine) == {"thesis/draft.tex": b"\\section{Results}"}
     assert sorted(os.listdir(tmp_path)) == ["mine", "run"]  # no staging folder left
+
+
+def test_trainer_on_tampered_or_missing_run_files_names_them(tmp_path, trained):
+    """model_config.json holding [1,2] gave an AttributeError traceback; --mode=eval without
+    it under another architecture's gin a raw TF shape ValueError."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "model_config.json").write_text("[1, 2]")
+    before = tree(run)
+    result = tool("trainer", "--gin_file=gin/tiny.gin", f"--model_dir={run}",
+                  "--gin_param=t2t_image.Trainer.num_train_steps=3")
+    assert_user_error(result, "t2t-image-trainer",
+                      f"{run}/model_config.json does not describe a Keras model")
+    assert tree(run) == before
+    (run / "model_config.json").unlink()
+    result = tool("trainer", "--gin_file=gin/tiny.gin", f"--model_dir={run}", "--mode=eval",
+                  "--gin_param=t2t_image.ImageTransformer.hidden_size=32")
+    assert_user_error(result, "t2t-image-trainer",
+                      f"checkpoint {run}/checkpoints/ckpt-2 does not fit the current model",
+                      "shape (768, 16)", f"{run} has no model_config.json",
+                      f"{run}/operative_config.gin")
+    assert (run / "eval_results.json").read_bytes() == before["eval_results.json"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="needs JAX installed")
+def test_jax_tools_on_a_tensorflow_run_refuse_by_name(tmp_path, trained):
+    """The JAX trainer on a TF model_dir trained from step 0 beside its checkpoints."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = tree(run)
+    jax = {"KERAS_BACKEND": "jax"}
+    result = tool("trainer", "--gin_file=gin/tiny.gin", f"--model_dir={run}",
+                  "--gin_param=t2t_image.Trainer.num_train_steps=3", env=jax)
+    assert_user_error(result, "t2t-image-trainer", "written by the trainer under "
+                      f"KERAS_BACKEND=tensorflow (newest {run}/checkpoints/ckpt-2, step 2; "
+                      "run_settings.json records backend 'tensorflow')",
+                      "a trainer under KERAS_BACKEND=jax cannot resume")
+    result = tool("sampler", f"--model_dir={run}", "--num_samples=1",
+                  f"--output={tmp_path / 'grid.png'}", env=jax)
+    assert_user_error(result, "t2t-image-sampler", "holds TensorFlow checkpoints",
+                      "the JAX backend cannot read", "KERAS_BACKEND=tensorflow")
+    assert tree(run) == before and not (tmp_path / "grid.png").exists()

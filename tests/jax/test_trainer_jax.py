@@ -300,3 +300,40 @@ def test_damaged_newest_checkpoints_are_skipped_and_the_resumed_run_matches(tmp_
     straight = npz_checkpoints.read_checkpoint(jax_run / "checkpoints" / "ckpt-12.npz")
     for a, b in zip(resumed[0] + resumed[1], straight[0] + straight[1]):
         np.testing.assert_array_equal(a, b)
+
+
+@needs_tf
+def test_tensorflow_tools_on_a_jax_run_refuse_training_and_evaluate_its_newest(tmp_path, jax_run):
+    """Issue 24: the TF trainer on a JAX model_dir trained from step 0 beside its checkpoints,
+    overwrote eval_results.json and exited 0."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(jax_run, run)
+    with open(run / "run_settings.json") as f:
+        assert json.load(f)["backend"] == "jax"
+
+    def tree():
+        return {os.path.relpath(os.path.join(r, n), run): os.path.getmtime(os.path.join(r, n))
+                for r, _, names in os.walk(run) for n in names}
+
+    before = tree()
+    trained = subprocess.run(_trainer_cli(run, block_tf=False), cwd=REPO,
+                             env=_env("tensorflow"), capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 1, trained.stderr[-3000:]
+    assert "Traceback" not in trained.stderr
+    assert (f"holds checkpoints written by the trainer under KERAS_BACKEND=jax (newest "
+            f"{run}/checkpoints/ckpt-12.npz, step 12; run_settings.json records backend 'jax'), "
+            "which a trainer under KERAS_BACKEND=tensorflow cannot resume") in trained.stderr
+    assert tree() == before  # nothing written, nothing started over
+    evaluated = subprocess.run(_trainer_cli(run, "--mode=eval", block_tf=False), cwd=REPO,
+                               env=_env("tensorflow"), capture_output=True, text=True,
+                               timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"Using {run}/checkpoints/ckpt-12.npz, written under KERAS_BACKEND=jax" in \
+        evaluated.stderr
+    results = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    with open(jax_run / "eval_results.json") as f:
+        jax_results = json.load(f)
+    assert results["step"] == 12 and results["checkpoint"].endswith("ckpt-12.npz")
+    assert abs(results["bits_per_dim"] - jax_results["bits_per_dim"]) < 1e-5

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -131,3 +132,50 @@ def test_damaged_checkpoints_fall_back_for_the_sampler_and_exporter(tmp_path, fo
     with pytest.raises(CheckpointNotFoundError,
                        match=r"ckpt-30\.data-00000-of-00001: .*ckpt-20: .*NaN"):
         load_model(str(model_dir))
+
+
+@pytest.mark.parametrize("content,reason", [
+    (b"[1, 2]", "does not describe a Keras model (it holds [1, 2]"),
+    (b"{}", "does not describe a Keras model (it holds {}"),
+    (b"\x89\xfe garbage \x00", "is damaged (UnicodeDecodeError"),
+    (b'{"class_name": "ImageTransformer"', "is damaged (JSONDecodeError"),
+    (b"[" * 100_000, "is damaged (RecursionError"),
+    (b'{"class_name": "Dense", "config": {"units": 3}}', "does not build a model (TypeError"),
+])
+def test_a_tampered_model_config_is_named_by_every_reader(tmp_path, content, reason):
+    """Issue 24: [1,2] gave "'list' object has no attribute 'built'" in the sampler and an
+    AttributeError traceback in the trainer; garbage a decode error not naming the file."""
+    from t2t_image.storage import run_guard
+
+    model = tiny()
+    trainer_dir(tmp_path, model, steps=(1,))
+    path = tmp_path / "model_config.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as error:  # the sampler's and the exporter's reader
+        load_model(str(tmp_path))
+    assert f"{path} {reason}" in str(error.value), str(error.value)
+    if b"Dense" not in content:  # the trainer's check before it resumes
+        with pytest.raises(ValueError, match=re.escape(f"{path} {reason}")):
+            run_guard.check_model_config(str(tmp_path), model)
+
+
+def test_a_model_dir_with_both_backends_checkpoints_loads_the_newest_of_either(tmp_path, caplog):
+    """Issue 24: the sampler loaded the older TF checkpoint instead of the newest .npz one."""
+    import logging
+
+    from t2t_image.storage import npz_checkpoints
+
+    model = tiny()
+    saved = trainer_dir(tmp_path, model, steps=(10, 20))
+    newer = [np.asarray(w) + 1.0 for w in model.weights]
+    npz_path = str(tmp_path / "checkpoints" / "ckpt-30.npz")
+    npz_checkpoints.write_checkpoint(npz_path, newer, [], 30)
+    with caplog.at_level(logging.WARNING):
+        loaded, source = load_model(str(tmp_path))
+    assert source == npz_path and "holds checkpoints of both backends" in caplog.text
+    for got, want in zip(loaded.weights, newer):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    os.rename(npz_path, tmp_path / "checkpoints" / "ckpt-5.npz")  # now the older kind
+    loaded, source = load_model(str(tmp_path))
+    assert source == saved[20][0]
+    np.testing.assert_allclose(outputs(loaded), saved[20][1], atol=1e-6)
