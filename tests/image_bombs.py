@@ -14,13 +14,19 @@ def _chunk(kind, data):
             + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
 
-def write_png_bomb(path, width, height):
-    """Writes a valid all-black ``width`` x ``height`` PNG to ``path``; returns its size in bytes."""
+def png_bomb(width, height):
+    """The bytes of a valid all-black ``width`` x ``height`` PNG (1-bit grey)."""
     row = b"\0" * (1 + (width + 7) // 8)
     compressor = zlib.compressobj(9)
     data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grey
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", data)
+            + _chunk(b"IEND", b""))
+
+
+def write_png_bomb(path, width, height):
+    """Writes ``png_bomb(width, height)`` to ``path``; returns the file's size in bytes."""
+    data = png_bomb(width, height)
     with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", data)
-                + _chunk(b"IEND", b""))
+        f.write(data)
     return len(data)

@@ -45,7 +45,8 @@ def define_flags():
     _FLAGS.define_model_source(
         "A .keras file or TF checkpoint prefix to use instead "
         "of the model directory's latest.")
-    define("integer", "num_samples", 16, "Number of images to sample.")
+    define("integer", "num_samples", 16, "Number of images to sample (more than 1024 need "
+           "--npz: the grid shows the first 1024).")
     define("float", "temperature", 1.0, "Sampling temperature (0: argmax).")
     define("integer", "seed", 0, "Sampling seed (batch b uses seed + b).")
     define("integer", "label", None, "Class of every sample (class-conditional models).")
@@ -54,7 +55,8 @@ def define_flags():
     define("string", "complete", None, "PNG image to complete: its top --rows rows are kept.")
     define("integer", "rows", None, "Rows of --complete to keep.")
     define("string", "output", "samples.png", "PNG grid to write.")
-    define("string", "npz", None, "Also write the raw uint8 samples to this .npz file.")
+    define("string", "npz", None, "Also write the raw uint8 samples to this .npz file (a "
+           "batch at a time, as they are drawn; it must fit in the free disk space).")
     define("integer", "batch_size", 16, "Images sampled together (memory grows with it).")
     define("integer", "columns", None, "Grid columns (default: about square).")
     define("integer", "top_k", None, "Sample only among the k most likely values (categorical "
@@ -84,6 +86,7 @@ def main(argv):
 def _main(argv):
     from t2t_image.sampling import files
     from t2t_image.sampling.arguments import check_arguments
+    from t2t_image.sampling.job import check_outputs
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments (flags need --name=value): {argv[1:]}")
@@ -92,11 +95,13 @@ def _main(argv):
     check_arguments(FLAGS.num_samples, FLAGS.temperature, FLAGS.seed, FLAGS.label,
                     FLAGS.complete is not None, FLAGS.rows, FLAGS.batch_size, FLAGS.columns,
                     FLAGS.top_k, FLAGS.height, FLAGS.width, FLAGS.size_units, FLAGS.window_stride)
+    check_outputs(FLAGS.num_samples, FLAGS.npz)
     files.check_writable("output", FLAGS.output)  # before minutes of sampling, not after
     if FLAGS.npz:
         files.check_writable("npz", files.npz_path(FLAGS.npz))
     inputs = files.read_inputs(FLAGS.inputs) if FLAGS.inputs else None
-    complete = files.read_image(FLAGS.complete, "complete") if FLAGS.complete else None
+    if FLAGS.complete:  # its header now (an image bomb is refused undecoded), pixels later
+        files.check_image(FLAGS.complete, "complete")
 
     # TensorFlow is imported from here on (without its start-up log lines).
     from t2t_image.cli import errors
@@ -109,11 +114,14 @@ def _main(argv):
     with preemption.StopOnSignal("sampling", "stopping; nothing is written",
                                  immediate=True) as stop:
         model, first_stage = _load()
-        samples, conditioning, seconds = _sample(model, first_stage, inputs, complete)
-        with stop.deferred():
-            _write_outputs(model, samples, conditioning, inputs, complete)
-        print(f"Sampled {len(samples)} images in {seconds:.1f} s: "
-              f"{seconds / len(samples):.3f} s/image (including compilation)")
+        complete = None
+        if FLAGS.complete:  # the model's size, checked from the header before decoding
+            complete = files.read_image(FLAGS.complete, "complete", None if first_stage else (
+                model.image_height, model.image_width))
+        lines, seconds = _sample(model, first_stage, inputs, complete, stop.deferred)
+        print("\n".join(lines))
+        print(f"Sampled {FLAGS.num_samples} images in {seconds:.1f} s: "
+              f"{seconds / FLAGS.num_samples:.3f} s/image (including compilation)")
         stop.raise_if_requested("Stopped after writing the outputs.")
 
 
@@ -133,31 +141,18 @@ def _load():
     return model, first_stage
 
 
-def _sample(model, first_stage, inputs, complete):
-    """Checks the flags against the model and samples: (samples, conditioning, seconds)."""
-    from t2t_image.sampling.arguments import check_against_model
+def _sample(model, first_stage, inputs, complete, deferred):
+    """Samples into --npz as it goes, then writes the grid: (lines written, seconds)."""
     from t2t_image.sampling.arguments import code_grid_size
-    from t2t_image.sampling.job import run_sampler
+    from t2t_image.sampling.job import sample_to_files
 
     height, width = code_grid_size(first_stage, FLAGS.height, FLAGS.width, FLAGS.size_units)
-    check_against_model(model, FLAGS.label, inputs, complete, FLAGS.rows, FLAGS.top_k, height,
-                        width, first_stage)
-    return run_sampler(model, FLAGS.num_samples, FLAGS.temperature, FLAGS.seed, FLAGS.label,
-                       inputs, complete, FLAGS.rows, FLAGS.batch_size, FLAGS.jit_compile,
-                       FLAGS.progress, FLAGS.top_k, height, width, first_stage,
-                       FLAGS.window_stride)
-
-
-def _write_outputs(model, samples, conditioning, inputs, complete):
-    """The PNG grid (tiles scaled up to >= 128 px) and the raw samples (--npz), each whole."""
-    from t2t_image.sampling import files
-    from t2t_image.sampling.job import write_grid
-
-    print(write_grid(FLAGS.output, model, samples, inputs, complete, FLAGS.columns))
-    if FLAGS.npz:
-        path = files.write_samples_npz(FLAGS.npz, samples, FLAGS.seed, FLAGS.temperature,
-                                       conditioning)
-        print(f"Wrote the samples to {path} (uint8 [n, h, w, c] under 'samples')")
+    return sample_to_files(
+        model, FLAGS.num_samples, FLAGS.output, FLAGS.npz, FLAGS.columns, FLAGS.seed,
+        FLAGS.temperature, FLAGS.label, inputs, complete, FLAGS.rows, deferred=deferred,
+        batch_size=FLAGS.batch_size, jit_compile=FLAGS.jit_compile, progress=FLAGS.progress,
+        top_k=FLAGS.top_k, height=height, width=width, first_stage=first_stage,
+        window_stride=FLAGS.window_stride)
 
 
 def run():

@@ -30,16 +30,16 @@ import threading
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from PIL import Image
 
 from t2t_image.data import preprocess
+from t2t_image.data.image_headers import DEFAULT_MAX_IMAGE_PIXELS
+from t2t_image.data.image_headers import check_max_image_pixels
+from t2t_image.data.image_headers import open_image
 from t2t_image.data import splits as splits_lib
 from t2t_image.data.imagenet import check_imagenet_version
 from t2t_image.data.sources import Source, SplitData, split_paths
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-# The most pixels an image's header may declare before it is refused undecoded.
-DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 
 
 class SkippedFiles:
@@ -88,47 +88,6 @@ class SkippedFiles:
 
     def __repr__(self):
         return f"SkippedFiles(count={self.count})"
-
-
-def check_max_image_pixels(value, setting):
-    """Validates a pixel limit (an int >= 1); returns it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{setting} must be an int >= 1 (pixels), got {value!r}")
-    return value
-
-
-def open_image(f, path: str, max_pixels: int, setting: str, expected_size=None):
-    """Opens an image with Pillow, refusing it from its header's size before any decoding.
-
-    Args:
-      f: a path or a binary file object.
-      path: the name to put in messages.
-      max_pixels: the most pixels (width x height) the header may declare.
-      setting: the name of the limit's setting, for messages.
-      expected_size: optional ``(height, width)`` the image must have.
-
-    Returns:
-      The opened, not yet decoded ``PIL.Image.Image`` (close it).
-
-    Raises:
-      ValueError: naming the file, its size and the limit or the expected size.
-      Exception: whatever Pillow raises for an unreadable file.
-    """
-    try:
-        img = Image.open(f)
-    except Image.DecompressionBombError as e:  # beyond twice Pillow's own limit
-        raise ValueError(f"{path}: refused before decoding: {e}") from e
-    width, height = img.size
-    if expected_size is not None and (height, width) != tuple(expected_size):
-        img.close()
-        raise ValueError(f"{path} is {height}x{width} pixels (from its header; not decoded), "
-                         f"the model's images are {expected_size[0]}x{expected_size[1]}")
-    if width * height > max_pixels:
-        img.close()
-        raise ValueError(f"{path} declares {width}x{height} = {width * height} pixels, more than "
-                         f"{setting}={max_pixels}; refused before decoding (an image that "
-                         "large takes gigabytes of memory to decode)")
-    return img
 
 
 def decode_image_file(path: str, crop_box=None,

@@ -22,18 +22,24 @@ sample follows its upscaled input (pairs). Tiles are scaled up to at least
 128 pixels; the line ``write_grid`` returns states the layout.
 """
 
+import contextlib
 import time
 
 import numpy as np
 
+from t2t_image.sampling.arguments import SamplingArgumentError
 from t2t_image.sampling.arguments import check_against_model
 from t2t_image.sampling.arguments import check_arguments
 from t2t_image.sampling.grids import VIEWABLE_TILE
 from t2t_image.sampling.grids import upscale_factor
 
 
-def conditioning_arrays(num_samples, label=None, inputs=None, complete=None, rows=None):
-    """The conditioning of every sample: ``labels``, ``inputs``, ``prefix``, ``num_prefix_rows``.
+# The most samples the PNG grid shows (1024 tiles of 128 px: 50 MB); more go to --npz only.
+MAX_GRID_SAMPLES = 1024
+
+
+def conditioning_arrays(num_samples, label=None, inputs=None, complete=None, rows=None, start=0):
+    """The conditioning of samples ``start .. start + num_samples - 1``.
 
     Args:
         num_samples: int.
@@ -41,6 +47,7 @@ def conditioning_arrays(num_samples, label=None, inputs=None, complete=None, row
         inputs: None or `[k, h, w, c]`; sample ``i`` uses ``inputs[i % k]``.
         complete: None or `[h, w, c]`, the image every sample completes.
         rows: None or int, rows of ``complete`` kept.
+        start: int, the index of the first sample (a batch's offset).
 
     Returns:
         dict of NumPy arrays `[num_samples, ...]` (``num_prefix_rows``: int).
@@ -49,22 +56,25 @@ def conditioning_arrays(num_samples, label=None, inputs=None, complete=None, row
     if label is not None:
         conditioning["labels"] = np.full((num_samples,), label, np.int32)
     if inputs is not None:
-        conditioning["inputs"] = inputs[np.arange(num_samples) % len(inputs)]
+        conditioning["inputs"] = inputs[(start + np.arange(num_samples)) % len(inputs)]
     if complete is not None:
         conditioning["prefix"] = np.repeat(complete[None], num_samples, axis=0)
         conditioning["num_prefix_rows"] = rows
     return conditioning
 
 
-def sample_batches(model, conditioning, num_samples, temperature, seed, batch_size=16,
-                   jit_compile=True, progress=None, top_k=None, height=None, width=None,
-                   first_stage=None, window_stride=1):
+def sample_batches(model, num_samples, temperature, seed, batch_size=16, jit_compile=True,
+                   progress=None, top_k=None, height=None, width=None, first_stage=None,
+                   window_stride=1, label=None, inputs=None, complete=None, rows=None):
     """Samples batch by batch (batch ``b`` with seed ``seed + b``); arguments unchecked.
+
+    The conditioning of each batch is built for that batch only, so memory does
+    not grow with ``num_samples``.
 
     Args:
         model, num_samples, temperature, seed, batch_size, jit_compile, top_k,
-            height, width, first_stage, window_stride: as in ``run_sampler``.
-        conditioning: ``conditioning_arrays(...)``.
+            height, width, first_stage, window_stride, label, inputs, complete,
+            rows: as in ``run_sampler``.
         progress: None or a ``SamplingProgress``.
 
     Yields:
@@ -79,9 +89,8 @@ def sample_batches(model, conditioning, num_samples, temperature, seed, batch_si
     for b, start in enumerate(range(0, num_samples, batch_size)):
         if progress is not None:
             progress.start_batch(b)
-        part = {k: (v[start:start + batch_size] if isinstance(v, np.ndarray) else v)
-                for k, v in conditioning.items()}
         count = min(batch_size, num_samples - start)
+        part = conditioning_arrays(count, label, inputs, complete, rows, start)
         common = dict(temperature=temperature, seed=seed + b, top_k=top_k,
                       jit_compile=jit_compile)
         if first_stage is not None:
@@ -95,6 +104,33 @@ def sample_batches(model, conditioning, num_samples, temperature, seed, batch_si
                                         **common), None
         else:
             yield sample(model, count, progress=progress, **common, **part), None
+
+
+def stream_sampler(model, num_samples, temperature=1.0, seed=0, label=None, inputs=None,
+                   complete=None, rows=None, batch_size=16, jit_compile=True, progress=True,
+                   top_k=None, height=None, width=None, first_stage=None, window_stride=1):
+    """``run_sampler``'s batches as they are drawn: checked first, then ``(images, codes)``.
+
+    Arguments as ``run_sampler``; nothing is kept, so any ``num_samples`` fits in
+    memory (``t2t-image-sampler`` writes each batch to its ``--npz`` at once).
+
+    Raises:
+        SamplingArgumentError: for bad arguments, before sampling (at the first
+            ``next``).
+    """
+    from t2t_image.sampling.progress import SamplingProgress
+
+    check_arguments(num_samples, temperature, seed, label, complete is not None, rows, batch_size,
+                    top_k=top_k, height=height, width=width, window_stride=window_stride)
+    check_against_model(model, label, inputs, complete, rows, top_k, height, width, first_stage)
+    if progress is True:
+        progress = SamplingProgress(-(-num_samples // batch_size))
+    report = progress or None
+    yield from sample_batches(model, num_samples, temperature, seed, batch_size, jit_compile,
+                              report, top_k, height, width, first_stage, window_stride, label,
+                              inputs, complete, rows)
+    if report is not None:
+        report.end()
 
 
 def run_sampler(model, num_samples, temperature=1.0, seed=0, label=None, inputs=None,
@@ -131,30 +167,95 @@ def run_sampler(model, num_samples, temperature=1.0, seed=0, label=None, inputs=
         ``(samples, conditioning, seconds)``: uint8 `[n, h, w, c]` images, the
         dict of conditioning arrays used (``labels``, ``inputs``, ``prefix``,
         ``num_prefix_rows``; ``codes`` for a two-stage model), and the wall time
-        in seconds.
+        in seconds. (Every sample is kept in memory: for very many, use
+        ``stream_sampler``.)
     """
-    from t2t_image.sampling.progress import SamplingProgress
-
-    check_arguments(num_samples, temperature, seed, label, complete is not None, rows, batch_size,
-                    top_k=top_k, height=height, width=width, window_stride=window_stride)
-    check_against_model(model, label, inputs, complete, rows, top_k, height, width, first_stage)
-    conditioning = conditioning_arrays(num_samples, label, inputs, complete, rows)
-    if progress is True:
-        progress = SamplingProgress(-(-num_samples // batch_size))
-    report = progress or None
     start_time = time.time()
     samples, codes = [], []
-    for images, grids in sample_batches(model, conditioning, num_samples, temperature, seed,
-                                        batch_size, jit_compile, report, top_k, height, width,
-                                        first_stage, window_stride):
+    for images, grids in stream_sampler(model, num_samples, temperature, seed, label, inputs,
+                                        complete, rows, batch_size, jit_compile, progress,
+                                        top_k, height, width, first_stage, window_stride):
         samples.append(images)
         if grids is not None:
             codes.append(grids)
-    if report is not None:
-        report.end()
+    conditioning = conditioning_arrays(num_samples, label, inputs, complete, rows)
     if codes:
         conditioning["codes"] = np.concatenate(codes)
     return np.concatenate(samples), conditioning, time.time() - start_time
+
+
+def sample_to_files(model, num_samples, output, npz=None, columns=None, seed=0,
+                    temperature=1.0, label=None, inputs=None, complete=None, rows=None,
+                    deferred=contextlib.nullcontext, **sampling):
+    """``t2t-image-sampler``'s job: samples streamed into ``npz``, then the PNG grid.
+
+    Each batch goes into the ``.npz`` as it is drawn (``files.SamplesNpzWriter``),
+    so memory is one batch whatever ``num_samples`` is; the grid comes last and
+    shows at most the first ``MAX_GRID_SAMPLES``. Without ``npz`` no more than
+    that may be asked for (nothing would hold them); with it, the file must fit
+    in the free disk space (checked after the first batch, before the rest).
+
+    Args:
+        model, num_samples, seed, temperature, label, inputs, complete, rows:
+            as in ``run_sampler``; ``sampling``: its other keyword arguments.
+        output: the PNG grid's path.
+        npz: None or the path of the raw samples' ``.npz``.
+        columns: None or int, tiles per grid row.
+        deferred: a context manager factory the outputs are finished inside
+            (the CLI's: signals wait until the files are whole).
+
+    Returns:
+        ``(lines, seconds)``: what was written, in words, and the sampling time.
+
+    Raises:
+        SamplingArgumentError: bad arguments or too many samples for the output.
+    """
+    from t2t_image.sampling import files
+
+    check_outputs(num_samples, npz)
+    kept, lines = [], []
+    start_time = time.time()
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(files.SamplesNpzWriter(npz, num_samples)) if npz else None
+        for images, codes in stream_sampler(model, num_samples, temperature, seed, label,
+                                            inputs, complete, rows, **sampling):
+            if writer is not None:
+                if not kept:  # the first batch tells the size of a sample
+                    files.check_npz_space(npz, num_samples, _bytes_per_sample(
+                        images, codes, label, inputs, complete, rows))
+                writer.add(images, codes)
+            room = MAX_GRID_SAMPLES - sum(len(k) for k in kept)
+            kept.append(images[:max(room, 0)])
+        seconds = time.time() - start_time
+        with deferred():
+            if writer is not None:
+                path = writer.finish(
+                    {"seed": seed, "temperature": temperature,
+                     **({"num_prefix_rows": rows} if complete is not None else {})},
+                    lambda start, count: {
+                        k: v for k, v in conditioning_arrays(count, label, inputs, complete,
+                                                             rows, start).items()
+                        if isinstance(v, np.ndarray)})
+                lines.append(f"Wrote the samples to {path} (uint8 [n, h, w, c] under "
+                             "'samples')")
+            lines.insert(0, write_grid(output, model, np.concatenate(kept), inputs, complete,
+                                       columns, total=num_samples))
+    return lines, seconds
+
+
+def check_outputs(num_samples, npz):
+    """Refuses more samples than the outputs can hold: without ``npz``, only the grid's."""
+    if npz is None and num_samples > MAX_GRID_SAMPLES:
+        raise SamplingArgumentError(
+            f"--num_samples={num_samples}: the grid (--output) shows at most "
+            f"{MAX_GRID_SAMPLES} samples; pass --npz=FILE to keep more (written as they are "
+            "drawn).")
+
+
+def _bytes_per_sample(images, codes, label, inputs, complete, rows):
+    extra = conditioning_arrays(1, label, inputs, complete, rows)
+    return (images[0].nbytes + (codes[0].nbytes if codes is not None else 0)
+            + sum(v.nbytes for v in extra.values() if isinstance(v, np.ndarray)))
 
 
 def grid_tiles(model, samples, inputs=None, complete=None):
@@ -184,7 +285,7 @@ def grid_tiles(model, samples, inputs=None, complete=None):
             "pairs: each input, then its sample")
 
 
-def write_grid(path, model, samples, inputs=None, complete=None, columns=None):
+def write_grid(path, model, samples, inputs=None, complete=None, columns=None, total=None):
     """Writes the job's PNG grid (tiles >= 128 px) and returns a line that says what it shows.
 
     Args:
@@ -193,6 +294,8 @@ def write_grid(path, model, samples, inputs=None, complete=None, columns=None):
         samples: uint8 `[n, h, w, c]`.
         inputs, complete: the conditioning images given to ``run_sampler``.
         columns: None (the layout's default) or int, tiles per row.
+        total: None, or the number of samples drawn when ``samples`` are the
+            first of them (the line then says so).
 
     Returns:
         str, e.g. ``Wrote a grid of 4 samples to grid.png: 2x2 tiles of 128 px,
@@ -205,5 +308,7 @@ def write_grid(path, model, samples, inputs=None, complete=None, columns=None):
     write_image_grid(path, tiles, num_columns=columns, min_tile_size=VIEWABLE_TILE)
     size = tiles.shape[1] * upscale_factor(tiles.shape[1], tiles.shape[2], VIEWABLE_TILE)
     rows = -(-len(tiles) // columns)
-    return (f"Wrote a grid of {len(samples)} samples to {path}: {rows}x{columns} tiles of "
+    shown = (f"the first {len(samples)} of {total} samples" if total and total > len(samples)
+             else f"{len(samples)} samples")
+    return (f"Wrote a grid of {shown} to {path}: {rows}x{columns} tiles of "
             f"{size} px, row by row: {layout}")

@@ -1,5 +1,6 @@
 """t2t-image-sampler and t2t-image-exporter run end to end (in subprocesses)."""
 
+import functools
 import os
 import pathlib
 import re
@@ -144,7 +145,22 @@ BAD_FLAGS = {
     "inputs_not_images": (["--inputs=flat.npz"], ["--inputs=flat.npz", "shape (4,)"]),
     "inputs_missing": (["--inputs=none.npz"], ["--inputs=none.npz: no such file"]),
     "stray_argument": (["3"], ["unexpected arguments", "'3'"]),
+    # Issue 24: no output could hold them (a raw MemoryError before).
+    "num_samples_beyond_the_grid": (["--num_samples=1000000000000"],
+                                    ["--num_samples=1000000000000", "shows at most 1024",
+                                     "pass --npz"]),
+    # Issue 24: a 17 KB PNG of 12000x12000 pixels, refused from its header (not decoded).
+    "complete_image_bomb": (["--complete=bomb.png", "--rows=1"],
+                            ["--complete=bomb.png declares 12000x12000 = 144000000 pixels",
+                             "refused before decoding"]),
 }
+
+
+@functools.lru_cache(maxsize=1)
+def _bomb_bytes():
+    from tests.image_bombs import png_bomb
+
+    return png_bomb(12000, 12000)
 
 
 def write_bad_files(folder):
@@ -155,6 +171,7 @@ def write_bad_files(folder):
     write_npz(folder / "fraction.npz", np.full((1, 2, 2, 3), 0.5))
     write_npz(folder / "nan.npz", np.full((1, 2, 2, 3), np.nan))
     write_npz(folder / "flat.npz", np.zeros(4, np.uint8))
+    (folder / "bomb.png").write_bytes(_bomb_bytes())
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 """The sampling job of t2t-image-sampler, called from Python."""
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -83,3 +85,99 @@ def test_npz_round_trip(tmp_path):
     np.savez(tmp_path / "x8.npz", x8=samples[0])  # one image [h, w, c] -> [1, h, w, c]
     np.testing.assert_array_equal(read_inputs(str(tmp_path / "x8.npz")), samples[:1])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "x8.npz"]
+
+
+def test_samples_stream_into_the_npz_and_the_grid_comes_last_and_capped(tmp_path, conditional):
+    """Issue 24: 20,000 samples made a 1 GB grid before the .npz was written (3 GB peak), and
+    --num_samples=10**12 a raw MemoryError."""
+    import resource
+
+    from t2t_image.sampling.arguments import SamplingArgumentError
+    from t2t_image.sampling.job import MAX_GRID_SAMPLES
+    from t2t_image.sampling.job import sample_to_files
+
+    grid, npz = tmp_path / "grid.png", tmp_path / "s.npz"
+    with pytest.raises(SamplingArgumentError, match=f"--num_samples={MAX_GRID_SAMPLES + 1}: the "
+                       f"grid \\(--output\\) shows at most {MAX_GRID_SAMPLES} samples; pass --npz"):
+        sample_to_files(conditional, MAX_GRID_SAMPLES + 1, grid, label=1, progress=False)
+    # More than the disk holds: refused after the first batch, nothing left behind.
+    with pytest.raises(SamplingArgumentError, match=r"--num_samples=1000000000000: --npz=.* "
+                       r"would take 52000000000000 bytes \(52 per sample\), more than the"):
+        sample_to_files(conditional, 10 ** 12, grid, str(npz), label=1, batch_size=100,
+                        progress=False, inputs=None)
+    assert os.listdir(tmp_path) == []
+    n, batch = MAX_GRID_SAMPLES + 76, 550
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    lines, seconds = sample_to_files(conditional, n, grid, str(npz), seed=3, label=2,
+                                     batch_size=batch, progress=False)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 200_000  # KiB
+    assert lines[0].startswith(f"Wrote a grid of the first {MAX_GRID_SAMPLES} of {n} samples")
+    assert lines[1] == f"Wrote the samples to {npz} (uint8 [n, h, w, c] under 'samples')"
+    with np.load(npz) as data:
+        assert data["samples"].shape == (n, 4, 4, 3)
+        np.testing.assert_array_equal(data["samples"][batch:batch + 3],
+                                      sample(conditional, 3, seed=4, labels=2))  # batch 1
+        np.testing.assert_array_equal(data["labels"], np.full(n, 2))
+        assert int(data["seed"]) == 3 and float(data["temperature"]) == 1.0
+        first = data["samples"][:MAX_GRID_SAMPLES]
+    shown = np.asarray(Image.open(grid))
+    assert shown.shape == (2 + 32 * 130, 2 + 32 * 130, 3)  # 1024 tiles of 128 px
+    np.testing.assert_array_equal(shown[2 + 31 * 130:2 + 31 * 130 + 128:32,
+                                        2 + 31 * 130:2 + 31 * 130 + 128:32], first[-1])
+    assert sorted(os.listdir(tmp_path)) == ["grid.png", "s.npz"]
+
+
+def test_npz_writer_streams_codes_and_conditioning_and_leaves_nothing_when_stopped(tmp_path):
+    from t2t_image.sampling.files import SamplesNpzWriter
+
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 256, (5, 2, 3, 3)).astype(np.uint8)
+    codes = rng.randint(0, 9, (5, 2, 2)).astype(np.int32)
+    inputs = rng.randint(0, 256, (2, 1, 1, 3)).astype(np.uint8)
+    with SamplesNpzWriter(str(tmp_path / "a"), 5) as writer:
+        writer.CHUNK = 2  # conditioning copied two samples at a time
+        writer.add(images[:3], codes[:3])
+        writer.add(images[3:], codes[3:])
+        path = writer.finish({"seed": 7}, lambda start, count: {
+            "inputs": inputs[(start + np.arange(count)) % 2]})
+    with np.load(path) as data:
+        assert sorted(data.files) == ["codes", "inputs", "samples", "seed"]
+        np.testing.assert_array_equal(data["samples"], images)
+        np.testing.assert_array_equal(data["codes"], codes)
+        np.testing.assert_array_equal(data["inputs"], inputs[np.arange(5) % 2])
+    with pytest.raises(KeyboardInterrupt):
+        with SamplesNpzWriter(str(tmp_path / "b.npz"), 5) as writer:
+            writer.add(images[:3], codes[:3])
+            raise KeyboardInterrupt  # a signal mid-job
+    assert sorted(os.listdir(tmp_path)) == ["a.npz"]
+
+
+def test_image_bombs_to_complete_are_refused_from_their_header(tmp_path):
+    """Issue 24: a 17 KB PNG of 12000x12000 pixels was decoded (1.6 GB, 33 s) before its size
+    was refused; one of 20000x20000 gave a raw DecompressionBombError."""
+    import resource
+
+    from t2t_image.sampling.arguments import SamplingArgumentError
+    from t2t_image.sampling.files import check_image
+    from t2t_image.sampling.files import read_image
+    from tests.image_bombs import write_png_bomb
+
+    bomb, huge, small = tmp_path / "bomb.png", tmp_path / "huge.png", tmp_path / "small.png"
+    write_png_bomb(bomb, 12000, 12000)
+    write_png_bomb(huge, 20000, 20000)
+    write_png_bomb(small, 40, 30)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(SamplingArgumentError, match=f"--complete={bomb} declares 12000x12000 = "
+                       "144000000 pixels, more than the sampler's limit=50000000; refused before "
+                       "decoding"):
+        check_image(str(bomb), "complete")
+    with pytest.raises(SamplingArgumentError, match=f"--complete={huge}: refused before "
+                       "decoding: Image size \\(400000000 pixels\\)"):
+        read_image(str(huge), "complete")
+    # Within the limit but not the model's size: refused from the header, not decoded.
+    with pytest.raises(SamplingArgumentError, match=r"--complete images are 30x40x3 \(height x "
+                       "width x channels; from the file's header, not decoded\\), the model "
+                       "expects 4x4x3"):
+        read_image(str(small), "complete", size=(4, 4))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100_000  # KiB
+    assert read_image(str(small), "complete", size=(30, 40)).shape == (30, 40, 3)
