@@ -228,8 +228,8 @@ def main() -> None:
           f"decode images/s |\n|---|---:|---:|---:|---:|")
     for name, total, mean, enc, dec in rows:
         cell = (lambda v, f: "" if v is None else format(v, f))
-        print(f"| {name} | {total:.3f} | {cell(mean, '.3f')} | {cell(enc, '.1f')} | "
-              f"{cell(dec, '.1f')} |")
+        print(f"| {name} | {total:.3f} | {cell(mean, '.3f')} | {cell(enc, '.3g')} | "
+              f"{cell(dec, '.3g')} |")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(per_image, f)

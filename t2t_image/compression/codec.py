@@ -49,12 +49,12 @@ def weights_fingerprint(model):
     return digest.hexdigest()
 
 
-def environment():
+def environment(model):
     """What besides the weights decides the probabilities, as a string.
 
     The Keras and backend versions, the device platform (CPU/GPU/TPU: XLA's
     code differs) and the model's dtype policy are named; the file keeps a
-    2-byte hash of it (``environment_tag``).
+    2-byte hash of it.
     """
     import keras
 
@@ -71,7 +71,12 @@ def environment():
 
         platform = "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
         versions = f"tensorflow {tf.__version__} {platform}"
-    return f"keras {keras.__version__}, {versions}, {keras.config.dtype_policy().name}"
+    return f"keras {keras.__version__}, {versions}, {model.dtype_policy.name}"
+
+
+def _fingerprint_bytes(fingerprint):
+    """The 4 bytes a file keeps of a hex fingerprint (``sha256:`` prefix or not)."""
+    return bytes.fromhex(fingerprint.rsplit(":", 1)[-1])[:4]
 
 
 def _tag(text, size):
@@ -207,7 +212,7 @@ def compress(model, images, labels=None, fingerprint=None, batch_size=DEFAULT_BA
     from t2t_image.sampling.compiled import backend
 
     header = file_format.Header(
-        backend(), bytes.fromhex(fingerprint)[:4], _tag(environment(), 2), images.shape[1],
+        backend(), _fingerprint_bytes(fingerprint), _tag(environment(model), 2), images.shape[1],
         images.shape[2], images.shape[3], batch,
         None if labels is None else [int(v) for v in labels], [],
         None if inputs is None else inputs.astype(np.uint8).tobytes(),
@@ -235,10 +240,10 @@ def read_header(data, name="the file", model=None):
 def _check_file_against_model(header, model, fingerprint, name, allow_other_versions):
     from t2t_image.sampling.compiled import backend
 
-    if header.model != bytes.fromhex(fingerprint)[:4]:
+    if header.model != _fingerprint_bytes(fingerprint):
         raise CompressedFileError(
             f"{name} was compressed by another model (fingerprint {header.model.hex()}...; "
-            f"this model's is {fingerprint[:8]}...): decompress it with the model that "
+            f"this model's is {_fingerprint_bytes(fingerprint).hex()}...): decompress it with the model that "
             "compressed it.")
     size = (model.image_height, model.image_width, model.num_channels)
     if (header.height, header.width, header.channels) != size:
@@ -252,7 +257,7 @@ def _check_file_against_model(header, model, fingerprint, name, allow_other_vers
             f"{name} was compressed under KERAS_BACKEND={header.backend}; this process runs "
             f"{backend()}, whose probabilities differ: decompress it with "
             f"KERAS_BACKEND={header.backend}.")
-    here = environment()
+    here = environment(model)
     if header.environment != _tag(here, 2) and not allow_other_versions:
         raise CompressedFileError(
             f"{name} was compressed with other versions or another device or dtype policy "
@@ -336,19 +341,20 @@ def decompress(model, data, fingerprint=None, name="the file", allow_other_versi
         if not ended.all():
             bad = begin + int(np.flatnonzero(~ended)[0])
             raise CompressedFileError(_mismatch(name, f"image {bad}'s stream did not end where "
-                                                      "it began", header))
+                                                      "it began", header, model))
         images.append(np.asarray(out["images"])[:rows].astype(np.uint8))
         nats.append(np.asarray(out["nats"], np.float64)[:rows])
     images = np.concatenate(images)
     if file_format.pixels_crc(images) != header.pixels_crc:
         raise CompressedFileError(_mismatch(name, "the decoded pixels do not match the "
-                                                  "original's CRC-32", header))
+                                                  "original's CRC-32", header, model))
     if stats is not None:
         stats["model_bits"] = np.concatenate(nats) / np.log(2.0)
     return images, labels
 
 
-def _mismatch(name, what, header):
+def _mismatch(name, what, header, model):
+    here = environment(model)
     return (f"{name}: decoding failed ({what}): the probabilities here differ from the "
             f"compressor's (environment tag {header.environment.hex()}, here "
-            f"{_tag(environment(), 2).hex()}: {environment()}); nothing was written.")
+            f"{_tag(here, 2).hex()}: {here}); nothing was written.")

@@ -186,7 +186,8 @@ def decompress_files(model, paths, output, fingerprint=None, allow_other_version
                      overwrite=False):
     """Decompresses ``.t2tc`` files into PNGs (a folder or one ``.png``) or one ``.npz``.
 
-    Every file is decoded and checked before anything is written.
+    Every file and the output are checked before the first file is decoded,
+    and every file is decoded and checked before anything is written.
 
     Args:
         model: the model that compressed them.
@@ -204,45 +205,44 @@ def decompress_files(model, paths, output, fingerprint=None, allow_other_version
     from t2t_image.compression import codec
 
     fingerprint = fingerprint or codec.weights_fingerprint(model)
-    contents = []
+    contents, names = [], []
     for path in paths:
         if not os.path.isfile(path):
             raise ValueError(f"{path}: no such file.")
         with open(path, "rb") as f:
             contents.append(f.read())
         # Every file is checked before the first is decoded (minutes, for many images).
-        codec.check_file(model, contents[-1], fingerprint, path, allow_other_versions)
-    decoded = [(path, *codec.decompress(model, data, fingerprint, path, allow_other_versions))
-               for path, data in zip(paths, contents)]
-    images = np.concatenate([d[1] for d in decoded])
-    with_labels = all(d[2] is not None for d in decoded)
+        count = len(codec.check_file(model, contents[-1], fingerprint, path,
+                                     allow_other_versions)[1])
+        stem = os.path.splitext(os.path.basename(path))[0]
+        names += [stem] if count == 1 else [f"{stem}_{i}" for i in range(count)]
     if output.endswith(".npz"):
-        check_new([output], overwrite)
-        import io
-
-        buffer = io.BytesIO()
-        arrays = dict(images=images)
-        if with_labels:
-            arrays["labels"] = np.concatenate([d[2] for d in decoded])
-        np.savez(buffer, **arrays)
-        write_whole(output, buffer.getvalue())
-        return dict(files=[output], images=len(images))
-    if is_folder(output):
-        names = []
-        for path, batch, _ in decoded:
-            stem = os.path.splitext(os.path.basename(path))[0]
-            names += [stem] if len(batch) == 1 else [f"{stem}_{i}" for i in range(len(batch))]
+        targets = [output]
+    elif is_folder(output):
         targets = output_paths(output, names, ".png")
     elif output.endswith(".png"):
-        if len(images) != 1:
-            raise ValueError(f"--output={output} is one PNG but the files hold {len(images)} "
+        if len(names) != 1:
+            raise ValueError(f"--output={output} is one PNG but the files hold {len(names)} "
                              "images: give a folder or an .npz.")
         targets = [output]
     else:
         raise ValueError(f"--output={output}: give a folder, a .png or an .npz.")
     check_new(targets, overwrite)
-    for path, image in zip(targets, images):
-        write_whole(path, _png(image))
+    decoded = [codec.decompress(model, data, fingerprint, path, allow_other_versions)
+               for path, data in zip(paths, contents)]
+    images = np.concatenate([d[0] for d in decoded])
+    if output.endswith(".npz"):
+        import io
+
+        buffer = io.BytesIO()
+        arrays = dict(images=images)
+        if all(d[1] is not None for d in decoded):
+            arrays["labels"] = np.concatenate([d[1] for d in decoded])
+        np.savez(buffer, **arrays)
+        write_whole(output, buffer.getvalue())
+    else:
+        for path, image in zip(targets, images):
+            write_whole(path, _png(image))
     return dict(files=targets, images=len(images))
 
 
