@@ -15,6 +15,7 @@ Codecs, each checked to decode every image exactly:
   Speeds: images/s of ``compress`` and ``decompress`` of the whole set in
   batches of ``--batch_size``, after a first call that compiles (its
   seconds are printed separately).
+  ``--compare_sampler`` also times the cached sampler on one batch.
 * ``PNG`` (Pillow, ``optimize=True``, ``compress_level=9``), ``WebP lossless``
   (Pillow, ``method=6``), ``JPEG 2000 lossless`` (``imagecodecs``, reversible
   5/3 wavelet), ``JPEG XL lossless`` (``imagecodecs``, effort 9): one file
@@ -120,11 +121,12 @@ def load(args):
         return model, getattr(model, "fingerprint", None) or weights_fingerprint(model)
     from t2t_image.storage.model_loading import load_model
 
-    model, _ = load_model(args.model_dir, args.checkpoint)
+    model, source = load_model(args.model_dir, args.checkpoint)
+    print(f"model: {source}")
     return model, weights_fingerprint(model)
 
 
-def measure_t2t(model, fingerprint, images, labels, inputs, batch_size):
+def measure_t2t(model, fingerprint, images, labels, inputs, batch_size, compare_sampler=False):
     from t2t_image.compression import compress, decompress, file_format, read_header
     from t2t_image.sampling.common import needs_inputs
 
@@ -149,6 +151,14 @@ def measure_t2t(model, fingerprint, images, labels, inputs, batch_size):
     decode_s = time.perf_counter() - start
     if not np.array_equal(decoded, images):
         raise AssertionError("t2t-image-compress was not lossless")
+    if compare_sampler:  # the cached sampler on the same batch, compiled first
+        from t2t_image.sampling import sample
+
+        conditioning = dict(labels=first(labels), inputs=first(inputs))
+        sample(model, batch_size, **conditioning)
+        start = time.perf_counter()
+        sample(model, batch_size, **conditioning)
+        sampler = batch_size / (time.perf_counter() - start)
     header, streams = read_header(data, model=model)
     single = []
     for i, stream in enumerate(streams):
@@ -162,7 +172,8 @@ def measure_t2t(model, fingerprint, images, labels, inputs, batch_size):
         single.append(len(file_format.pack(one, [stream])))
     return dict(file_bytes=len(data), per_image_bytes=np.array(single),
                 model_bits=stats["model_bits"], encode=len(images) / encode_s,
-                decode=len(images) / decode_s, compile_s=compile_s)
+                decode=len(images) / decode_s, compile_s=compile_s,
+                sampler=sampler if compare_sampler else None)
 
 
 def sr_inputs(count):
@@ -189,6 +200,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--json", help="write the per-image numbers here")
     parser.add_argument("--sr_inputs", action="store_true")
+    parser.add_argument("--compare_sampler", action="store_true",
+                        help="also time the cached sampler on one batch (images/s)")
     args = parser.parse_args()
     if args.sr_inputs:
         sr_inputs(args.num_images)
@@ -209,7 +222,8 @@ def main() -> None:
           f"{type(model).__name__} {model.likelihood}, {model.dec_attention_type}, "
           f"d {model.hidden_size}, {model.num_decoder_layers} layers; "
           f"KERAS_BACKEND={keras.backend.backend()}; batch {args.batch_size}")
-    t2t = measure_t2t(model, fingerprint, images, labels, inputs, args.batch_size)
+    t2t = measure_t2t(model, fingerprint, images, labels, inputs, args.batch_size,
+                      args.compare_sampler)
     rows = [("model's own bits/dim (ideal coder)", t2t["model_bits"].sum() / (dims * len(images)),
              t2t["model_bits"].mean() / dims, None, None),
             ("t2t-image-compress (one file)", 8 * t2t["file_bytes"] / (dims * len(images)),
@@ -224,6 +238,8 @@ def main() -> None:
                      dec))
         per_image[name] = sizes.tolist()
     print(f"(t2t-image-compress compiled its loop in {t2t['compile_s']:.1f} s first)")
+    if t2t["sampler"] is not None:
+        print(f"(the cached sampler, same batch: {t2t['sampler']:.3g} images/s)")
     print(f"| codec | bits/dim, set | bits/dim, mean per file | encode images/s | "
           f"decode images/s |\n|---|---:|---:|---:|---:|")
     for name, total, mean, enc, dec in rows:
