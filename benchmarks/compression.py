@@ -122,7 +122,20 @@ def load(args):
     from t2t_image.storage.model_loading import load_model
 
     model, source = load_model(args.model_dir, args.checkpoint)
-    print(f"model: {source}")
+    print(f"model: {source} ({model.dtype_policy.name})")
+    if args.float32 and model.dtype_policy.name != "float32":
+        import keras
+
+        from t2t_image.sampling.sampler import ensure_built
+
+        config = keras.saving.serialize_keras_object(model)  # as presets store models
+        config["config"]["dtype"] = keras.saving.serialize_keras_object(
+            keras.DTypePolicy("float32"))
+        float32 = keras.saving.deserialize_keras_object(config)
+        ensure_built(float32)
+        float32.set_weights(model.get_weights())
+        model = float32
+        print("  run in float32, as a preset of it would be")
     return model, weights_fingerprint(model)
 
 
@@ -200,6 +213,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--json", help="write the per-image numbers here")
     parser.add_argument("--sr_inputs", action="store_true")
+    parser.add_argument("--float32", action="store_true",
+                        help="run a --model_dir model in float32 (as presets are stored)")
     parser.add_argument("--compare_sampler", action="store_true",
                         help="also time the cached sampler on one batch (images/s)")
     args = parser.parse_args()
