@@ -115,10 +115,11 @@ def load(args):
     from t2t_image.compression import weights_fingerprint
 
     if args.preset:
-        import t2t_image
+        from t2t_image.storage import presets
 
-        model = t2t_image.from_preset(args.preset)
-        return model, getattr(model, "fingerprint", None) or weights_fingerprint(model)
+        loaded = presets.load(args.preset)
+        print(f"model: preset {loaded.folder}")
+        return loaded.model, loaded.metadata["fingerprint"]
     from t2t_image.storage.model_loading import load_model
 
     model, source = load_model(args.model_dir, args.checkpoint)

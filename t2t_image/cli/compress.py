@@ -1,6 +1,7 @@
 """t2t-image-compress: lossless compression of images with a trained Image Transformer.
 
     t2t-image-compress --model_dir=D --output=images.t2tc a.png b.png ...
+    t2t-image-compress --preset=cifar10_32_uncond --output=images.t2tc images.npz
     t2t-image-compress --model_dir=D --output=folder/ images.npz   # one file per image
     ... --label=3                      # class-conditional model (or the npz's labels)
 
@@ -34,6 +35,7 @@ def define_flags():
     define = _FLAGS.define
     _FLAGS.define_model_source("A .keras file or TF checkpoint prefix to use instead of the "
                                "model directory's latest.")
+    define_preset_flag(_FLAGS)
     define("string", "output", None, "The .t2tc file to write, or a folder (one file per image).")
     define("integer", "label", None, "Class of every image (class-conditional models; default: "
            "the labels of an .npz input).")
@@ -41,13 +43,28 @@ def define_flags():
     define("boolean", "overwrite", False, "Replace existing output files.")
 
 
+def define_preset_flag(lazy_flags):
+    """``--preset`` (once; the shared model-source flags may define it already)."""
+    if "preset" not in lazy_flags.names:
+        lazy_flags.define("string", "preset", None, "A preset (a name such as cifar10_32_uncond, or "
+                      "a preset folder) to use instead of --model_dir.")
+
+
+def check_model_source():
+    """UsageError unless exactly one model source is given."""
+    if FLAGS.preset and (FLAGS.model_dir or FLAGS.checkpoint):
+        raise app.UsageError("--preset replaces --model_dir and --checkpoint: pass one model "
+                             "source.")
+    if not FLAGS.preset and FLAGS.model_dir is None and FLAGS.checkpoint is None:
+        raise app.UsageError("--model_dir (or --checkpoint, or --preset) is required.")
+
+
 def main(argv):
     """Checks the flags, reads the images, loads the model, compresses, prints the sizes."""
     paths = argv[1:]
     if not paths:
         raise app.UsageError("give the images to compress as arguments (after the flags).")
-    if FLAGS.model_dir is None and FLAGS.checkpoint is None:
-        raise app.UsageError("--model_dir (or --checkpoint) is required.")
+    check_model_source()
     if not FLAGS.output:
         raise app.UsageError("--output is required (a .t2tc file or a folder).")
     if FLAGS.batch_size < 1:
@@ -59,7 +76,7 @@ def main(argv):
 
     with errors.user_errors():
         files.read_images(paths)  # refuse unreadable inputs before loading the model
-    model, fingerprint = load(FLAGS.model_dir, FLAGS.checkpoint)
+    model, fingerprint = load(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.preset)
     start = time.time()
     with errors.user_errors():
         result = files.compress_files(model, paths, FLAGS.output, FLAGS.label, FLAGS.batch_size,
@@ -74,22 +91,37 @@ def main(argv):
           f"{result['images'] / seconds:.2f} images/s including compilation")
 
 
-def load(model_dir, checkpoint):
-    """The model and its content fingerprint, or a usage error naming the flag."""
+def load(model_dir, checkpoint, preset=None):
+    """The model and its content fingerprint, or a usage error naming the flag.
+
+    A preset's fingerprint is the one in its metadata (checked against its
+    files when it loads); a model directory's is the SHA-256 of its weights.
+    """
     from t2t_image.cli import errors
 
     errors.import_tensorflow_quietly()  # (once: a no-op after the first call)
     from t2t_image.compression import codec
-    from t2t_image.storage.model_loading import load_model
 
     try:
-        model, source = load_model(model_dir, checkpoint)
+        if preset:
+            try:
+                from t2t_image.storage import presets
+            except ImportError as e:
+                raise app.UsageError(f"--preset={preset}: this t2t_image has no presets.") from e
+            loaded = presets.load(preset)
+            model, source = loaded.model, f"preset {loaded.folder}"
+            fingerprint = loaded.metadata["fingerprint"]
+        else:
+            from t2t_image.storage.model_loading import load_model
+
+            model, source = load_model(model_dir, checkpoint)
+            fingerprint = None
     except (FileNotFoundError, ValueError) as e:
         raise app.UsageError(str(e)) from e
     with errors.user_errors():
         codec.check_model(model)
     print(f"Loaded {type(model).__name__} from {source}", file=sys.stderr)
-    return model, codec.weights_fingerprint(model)
+    return model, fingerprint or codec.weights_fingerprint(model)
 
 
 def run():

@@ -3,6 +3,7 @@
     t2t-image-decompress --model_dir=D --output=images.npz images.t2tc
     t2t-image-decompress --model_dir=D --output=folder/ folder/*.t2tc   # PNGs
     t2t-image-decompress --model_dir=D --output=image.png image.t2tc
+    t2t-image-decompress --preset=cifar10_32_uncond --output=images.npz images.t2tc
 
 Needs the model that compressed the files (its content fingerprint is in
 each file), the same Keras backend, and by default the same versions and
@@ -18,6 +19,7 @@ import time
 from absl import app
 from absl import flags
 
+from t2t_image.cli.compress import check_model_source, define_preset_flag, load
 from t2t_image.cli.lazy_flags import LazyFlags
 
 FLAGS = flags.FLAGS
@@ -29,6 +31,7 @@ def define_flags():
     define = _FLAGS.define
     _FLAGS.define_model_source("A .keras file or TF checkpoint prefix to use instead of the "
                                "model directory's latest.")
+    define_preset_flag(_FLAGS)
     define("string", "output", None, "A folder (PNGs), a .png (one image) or an .npz to write.")
     define("boolean", "allow_other_versions", False, "Decode files made with other Keras or "
            "backend versions or another device type (the pixel checksum still checks them).")
@@ -40,14 +43,12 @@ def main(argv):
     paths = argv[1:]
     if not paths:
         raise app.UsageError("give the .t2tc files to decompress as arguments (after the flags).")
-    if FLAGS.model_dir is None and FLAGS.checkpoint is None:
-        raise app.UsageError("--model_dir (or --checkpoint) is required.")
+    check_model_source()
     if not FLAGS.output:
         raise app.UsageError("--output is required (a folder, a .png or an .npz).")
     from t2t_image.cli import errors
-    from t2t_image.cli.compress import load
 
-    model, fingerprint = load(FLAGS.model_dir, FLAGS.checkpoint)
+    model, fingerprint = load(FLAGS.model_dir, FLAGS.checkpoint, FLAGS.preset)
     from t2t_image.compression import files
 
     start = time.time()
