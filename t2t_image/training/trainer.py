@@ -749,7 +749,11 @@ class Trainer:
     def _average_npz_checkpoints(self, paths):
         from t2t_image.storage import npz_checkpoints
 
-        read = [npz_checkpoints.read_checkpoint(p) for p in paths]
+        try:  # a damaged file is named, never averaged in or silently left out
+            read = [npz_checkpoints.read_checkpoint(p) for p in paths]
+        except npz_checkpoints.UnreadableCheckpointError as e:
+            raise run_guard.CheckpointNotFoundError(
+                f"cannot average the last {len(paths)} checkpoints: {e}") from e
         average = [np.mean([r[0][i].astype(np.float64) for r in read], axis=0).astype(w.dtype)
                    for i, w in enumerate(read[-1][0])]
         _, optimizer, step, data_state = read[-1]

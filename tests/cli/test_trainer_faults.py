@@ -184,3 +184,25 @@ def test_kill_while_an_old_checkpoint_is_deleted_leaves_only_complete_ones_liste
     assert doomed in run_guard.remove_partial_checkpoints(ckpt_dir)
     kept = [f"ckpt-{s}.{e}" for s in (2, 3) for e in ("index", "data-00000-of-00001")]
     assert sorted(os.listdir(ckpt_dir)) == sorted(kept + ["checkpoint"])
+
+
+def test_file_size_limit_before_the_first_checkpoint_says_there_is_none(tmp_path):
+    """Issue 24: the error said "the latest complete one is None, which a restart resumes
+    from". A 256 KiB file-size limit from the start: the first checkpoint cannot be written."""
+    from tests.cli.test_trainer_cli import REPO
+    from tests.cli.test_trainer_cli import trainer
+
+    model_dir = tmp_path / "run"
+    cmd, env = trainer(model_dir, *gin_params(checkpoint_every=2), steps=4)
+
+    def limit():  # (Python ignores SIGXFSZ: the write fails with EFBIG)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
+
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+                          preexec_fn=limit)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "is None" not in proc.stderr
+    ckpt_dir = model_dir / "checkpoints"
+    assert re.search(rf"cannot write the checkpoint of step 2 to {ckpt_dir}: .*File too large.*"
+                     rf"No checkpoint of this run is complete yet in {ckpt_dir}: a restart "
+                     "starts from step 0", proc.stderr), proc.stderr[-3000:]
