@@ -296,8 +296,42 @@ def handle(error, prog):
     return status
 
 
+def exit_now(status):
+    """Ends the process with ``status`` at once, after flushing stdout, stderr and the logs.
+
+    For a tool whose work is done and written: TensorFlow's own teardown then
+    only frees memory, and after a training run it waits in the destructor of
+    the checkpointed ``tf.data`` iterator (each checkpoint of the iterator
+    makes it slower: measured 12 s after 300 steps of gin/tiny.gin with 150
+    checkpoints, up to 50 s on longer runs).
+    """
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be written anyway
+            pass
+    logging.shutdown()
+    os._exit(status)
+
+
+def _status(result):
+    """The exit status for what ``main`` returned (as ``sys.exit`` would use it)."""
+    if result is None:
+        return 0
+    if isinstance(result, int) and not isinstance(result, bool):
+        return result
+    print(result, file=sys.stderr)
+    return 1
+
+
 def run_tool(main, prog=None):
     """Runs ``main`` under absl's ``app.run`` with this module's error handling.
+
+    Log lines are short and t2t_image's own (``console.quiet_console``). A
+    run that ends (done, a user error or a stop by signal) leaves through
+    ``exit_now``; an internal error keeps Python's traceback and teardown.
 
     Args:
         main: the tool's ``main(argv)``.
@@ -309,13 +343,15 @@ def run_tool(main, prog=None):
         prog = "t2t-image-" + main.__module__.rsplit(".", 1)[-1]
 
     def guarded_main(argv):
+        from t2t_image.cli import console
+
+        console.quiet_console(verbose())  # after absl parsed the flags (--verbose)
         try:
-            return main(argv)
+            status = _status(main(argv))
         except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - re-raised unless handled
             status = handle(e, prog)
             if status is None:
                 raise
-            sys.stderr.flush()
-            sys.exit(status)
+        exit_now(status)
 
     app.run(guarded_main)

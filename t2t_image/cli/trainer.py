@@ -15,6 +15,8 @@ from absl import flags
 from absl import logging
 
 FLAGS = flags.FLAGS
+_KEEP_UNTIL_EXIT = []
+LOG_FILE = "trainer.log"  # in --model_dir: every log line in full (absl's format)
 flags.DEFINE_multi_string("gin_file", [], "Gin files, applied in order.")
 flags.DEFINE_multi_string("gin_param", [], "Gin bindings, applied after the files.")
 flags.DEFINE_string("model_dir", None, "Directory of checkpoints, logs and results.")
@@ -44,6 +46,7 @@ def check_flags(model_dir, gin_files, argv=()):
 
 
 def main(argv):
+    from t2t_image.cli import console
     from t2t_image.cli import errors
 
     check_flags(FLAGS.model_dir, FLAGS.gin_file, argv)
@@ -58,10 +61,15 @@ def main(argv):
         from t2t_image import configurables
 
         trainer = configurables.train_job(FLAGS.model_dir)
+    # Kept until the process ends (errors.exit_now): freeing a trainer whose data
+    # iterator was checkpointed takes TensorFlow seconds to minutes, for nothing.
+    _KEEP_UNTIL_EXIT.append(trainer)
     try:
         with errors.user_errors():
             if FLAGS.mode not in ("eval", "eval_sr"):
                 trainer.acquire_lock()  # before anything in model_dir is written
+                if trainer.is_chief:  # the full record; the console gets short lines
+                    console.log_to_file(os.path.join(FLAGS.model_dir, LOG_FILE))
             trainer.build()  # data, model and optimizer: configuration errors surface here
             if trainer.is_chief:
                 name = ("operative_config_eval.gin" if FLAGS.mode.startswith("eval")
@@ -91,14 +99,14 @@ def main(argv):
         print(json.dumps(results))
     if FLAGS.mode == "train":
         step = int(trainer.step.numpy())
-        print(f"Training is finished at step {step} (num_train_steps="
-              f"{trainer.num_train_steps}); checkpoints in {trainer.manager.directory}.",
-              file=sys.stderr)
+        print(f"Training is finished at step {step} of {trainer.num_train_steps}; checkpoints "
+              f"in {trainer.manager.directory}", file=sys.stderr)
 
 
 def evaluate_super_resolution(trainer, checkpoint):
     """Section 5.3 evaluation of a super-resolution checkpoint on the eval split."""
     from t2t_image import evaluation
+    from t2t_image.sampling.grids import VIEWABLE_TILE
 
     if trainer.eval_dataset is None:
         raise app.UsageError("--mode=eval_sr needs t2t_image.Trainer.eval_dataset_fn.")
@@ -108,7 +116,15 @@ def evaluate_super_resolution(trainer, checkpoint):
         sample_fn=evaluation.make_sample_fn(trainer.model, "fast"),
         max_batches=trainer.eval_batches,
         grid_path=os.path.join(trainer.model_dir, "sr_samples.png"),
+        min_tile_size=VIEWABLE_TILE,
     )
+    if results.get("grid_path"):
+        temperatures = "/".join(str(t) for t in evaluation.DEFAULT_TEMPERATURES)
+        logging.info("Wrote %s: a row per example, tiles of >= %d px: the input (upscaled), "
+                     "samples at temperatures %s, the original", results["grid_path"],
+                     VIEWABLE_TILE, temperatures,
+                     extra={"short": f"Wrote sr_samples.png: per row the input, samples at "
+                                     f"temperatures {temperatures}, the original"})
     results["step"] = int(trainer.step.numpy())
     results["consistency"] = {str(k): v for k, v in results["consistency"].items()}
     with open(os.path.join(trainer.model_dir, "sr_eval_results.json"), "w") as f:

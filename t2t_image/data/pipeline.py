@@ -174,6 +174,8 @@ def make_dataset(source, split="train", batch_size=16, *, task="unconditional", 
         data.description, task, image_size, image_size,
         f" inputs={input_size}x{input_size}" if task == "super_resolution" else "",
         batch_size, training, shuffle, seed, repeat, drop_remainder, data.num_examples,
+        extra={"short": f"Data {split}: {data.num_examples} examples, {task} {image_size}x"
+                        f"{image_size}, batch {batch_size}{', shuffled' if shuffle else ''}"},
     )
     if data.images is not None and data.images.shape[1:3] != (image_size, image_size):
         logging.info("targets are area-resized from %dx%d to %dx%d (truncated to uint8)",

@@ -221,7 +221,7 @@ def nll_bits_per_dim(model, batches, max_batches=None):
 
 
 # --------------------------------------------------------------------- grid
-def sample_grid(low_res, samples, originals, padding=2, pad_value=255):
+def sample_grid(low_res, samples, originals, padding=2, pad_value=255, min_tile_size=None):
     """Lays out one row per example: input, samples, original.
 
     Columns, left to right: the low-resolution input enlarged by
@@ -238,18 +238,22 @@ def sample_grid(low_res, samples, originals, padding=2, pad_value=255):
         originals: uint8 `[n, H, W, c]`.
         padding: int >= 0, pixels between tiles.
         pad_value: int, value of the padding pixels.
+        min_tile_size: None, or scale every tile up to at least this many
+            pixels (``t2t_image.sampling.image_grid``; H and W below are then
+            the scaled sizes).
 
     Returns:
         uint8 array `[n * (H + padding) + padding, k * (W + padding) + padding, c]`
         with ``k = len(samples) + 2`` columns.
     """
+    from t2t_image.sampling.grids import image_grid
+
     low_res = _check_images("low_res", low_res)
     originals = _check_images("originals", originals)
     columns = list(samples.values()) if isinstance(samples, dict) else list(samples)
     columns = [_check_images("samples", s) for s in columns]
     factor = downsampling_factor(low_res.shape, originals.shape)
     tiles = [nearest_upsample(low_res, factor)] + columns + [originals]
-    n, height, width, channels = originals.shape
     for tile in tiles:
         if tile.shape != originals.shape:
             raise ValueError(
@@ -258,37 +262,27 @@ def sample_grid(low_res, samples, originals, padding=2, pad_value=255):
             )
     if not isinstance(padding, (int, np.integer)) or padding < 0:
         raise ValueError(f"padding must be a non-negative int, got padding={padding!r}.")
-    grid = np.full(
-        (n * (height + padding) + padding, len(tiles) * (width + padding) + padding, channels),
-        pad_value, np.uint8,
-    )
-    for row in range(n):
-        top = padding + row * (height + padding)
-        for col, tile in enumerate(tiles):
-            left = padding + col * (width + padding)
-            grid[top:top + height, left:left + width] = np.clip(tile[row], 0, 255)
-    return grid
+    rows = np.stack([np.clip(t, 0, 255) for t in tiles], axis=1)  # [n, k, H, W, c]
+    return image_grid(rows.reshape((-1,) + originals.shape[1:]), num_columns=len(tiles),
+                      padding=int(padding), pad_value=pad_value, min_tile_size=min_tile_size)
 
 
-def write_sample_grid(path, low_res, samples, originals, padding=2, pad_value=255):
-    """Writes `sample_grid` as a PNG file (with Pillow) and returns the grid.
+def write_sample_grid(path, low_res, samples, originals, padding=2, pad_value=255,
+                      min_tile_size=None):
+    """Writes `sample_grid` as a PNG file (whole or not at all) and returns the grid.
 
     Args:
         path: file path to write (parent folders are created).
-        low_res, samples, originals, padding, pad_value: as in `sample_grid`.
+        low_res, samples, originals, padding, pad_value, min_tile_size: as in
+            `sample_grid`.
 
     Returns:
         The uint8 grid array that was written.
     """
-    from PIL import Image
+    from t2t_image.sampling.grids import write_image_grid
 
-    grid = sample_grid(low_res, samples, originals, padding, pad_value)
-    folder = os.path.dirname(os.fspath(path))
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    image = grid[..., 0] if grid.shape[-1] == 1 else grid
-    Image.fromarray(image).save(path, format="PNG")
-    return grid
+    grid = sample_grid(low_res, samples, originals, padding, pad_value, min_tile_size)
+    return write_image_grid(path, grid[None], num_columns=1, padding=0)
 
 
 # ----------------------------------------------------------------- sampling
@@ -332,6 +326,7 @@ def evaluate_super_resolution(
     sample_batches=1,
     grid_path=None,
     grid_examples=8,
+    min_tile_size=None,
 ):
     """Evaluates a super-resolution model in one pass over ``batches``.
 
@@ -353,6 +348,8 @@ def evaluate_super_resolution(
         sample_batches: int, leading batches to sample (sampling is slow).
         grid_path: path of the PNG grid, or None.
         grid_examples: int, rows of the grid.
+        min_tile_size: None or int, scale the grid's tiles up to at least this
+            many pixels (``t2t-image-trainer --mode=eval_sr`` uses 128).
 
     Returns:
         dict with ``bits_per_dim`` (float), ``num_images`` (int),
@@ -404,6 +401,7 @@ def evaluate_super_resolution(
                 np.concatenate(grid_parts["low_res"])[:k],
                 [np.concatenate(grid_parts["samples"][t])[:k] for t in temperatures],
                 np.concatenate(grid_parts["originals"])[:k],
+                min_tile_size=min_tile_size,
             )
             result["grid_path"] = os.fspath(grid_path)
     return result

@@ -101,6 +101,18 @@ def shape_check(name, value, shape):
     return in_graph_check(ok, f"{name} must {what}, got shape", actual)
 
 
+def _hide_static_shape(value, spec):
+    """``value`` with an unknown static shape (a no-op at run time).
+
+    A caller that knows a wrong static shape (the wrapper TensorFlow traces
+    around a loaded function with optional arguments knows the request's
+    shapes) would otherwise fail in shape inference, before the checks run,
+    with TensorFlow's message about some inner op instead of ours.
+    """
+    other = tf.zeros([0 if d is None else d for d in spec.shape.as_list()] + [0], spec.dtype)
+    return tf.cond(tf.size(value) >= 0, lambda: value, lambda: other)
+
+
 def with_shape_checks(fn, signature):
     """``fn(*args)`` behind in-graph shape checks; returns it with the open signature.
 
@@ -123,6 +135,8 @@ def with_shape_checks(fn, signature):
         with tf.control_dependencies(checks):
             for spec, value in zip(signature, args):
                 value = tf.identity(value)  # Runs only after every check has passed,
+                if spec.shape.rank is not None:
+                    value = _hide_static_shape(value, spec)
                 value.set_shape(spec.shape)  # so the static shape is what it holds.
                 shaped.append(value)
         return fn(*shaped)
@@ -204,7 +218,7 @@ def build_endpoints(model, jit_compile=True, max_num_samples=DEFAULT_MAX_NUM_SAM
             "temperature must be a finite float >= 0 (0: argmax), got", temperature)]
         with tf.control_dependencies(checks):
             images = loop(canvas, conditioning, seed, temperature, rows)
-        return {"images": tf.cast(images, pixel_dtype)}
+        return {"images": tf.cast(images, pixel_dtype), "seed": tf.identity(seed)}
 
     def sample(num_samples, temperature, seed, *conditioning):
         """Samples ``num_samples`` images (seeded; temperature 0 = argmax)."""
@@ -260,6 +274,84 @@ def build_endpoints(model, jit_compile=True, max_num_samples=DEFAULT_MAX_NUM_SAM
     return out
 
 
+# Defaults of the sampling endpoints: their arguments after the required ones.
+SAMPLING_DEFAULTS = {"temperature": 1.0, "seed": None}
+
+
+def random_seed():
+    """A fresh int64 seed >= 0 on every call, different in every process.
+
+    Seeds 0/0 make the kernel seed itself from the OS, whatever global seed
+    the exporting process had set (``tf.random.uniform`` would bake that in).
+    """
+    return tf.raw_ops.RandomUniformInt(shape=tf.constant([], tf.int32),
+                                       minval=tf.constant(0, tf.int64),
+                                       maxval=tf.constant(2 ** 63 - 1, tf.int64), seed=0, seed2=0)
+
+
+def with_sampling_defaults(fn, signature):
+    """A ``tf.function`` of ``fn`` whose ``temperature`` and ``seed`` may be left out.
+
+    The Python signature becomes ``(required..., temperature=1.0, seed=None,
+    *, conditioning...)``: ``seed=None`` draws a random seed (``random_seed``)
+    that the result reports under ``"seed"``. Two concrete functions are
+    traced: seed given first (so it is the SavedModel signature, which needs
+    every input), then seed absent. Each holds ``fn``'s checks (not a call of
+    one traced ``fn``: TensorFlow would then infer shapes from the inputs of
+    a call before the checks run, and a wrong shape would fail with its
+    message instead of ours); the sampling loop inside is one function,
+    stored once.
+
+    Args:
+        fn: a function of the tensors of ``signature`` (in order), which holds
+            ``temperature`` and ``seed`` after the required inputs.
+        signature: its ``TensorSpec``s.
+
+    Returns:
+        The traced ``tf.function``.
+    """
+    names = [spec.name for spec in signature]
+    first = names.index("temperature")
+    assert names[first:first + 2] == list(SAMPLING_DEFAULTS), names
+    parameter = inspect.Parameter
+    python_signature = inspect.Signature(
+        [parameter(n, parameter.POSITIONAL_OR_KEYWORD) for n in names[:first]]
+        + [parameter(n, parameter.POSITIONAL_OR_KEYWORD, default=d)
+           for n, d in SAMPLING_DEFAULTS.items()]
+        + [parameter(n, parameter.KEYWORD_ONLY) for n in names[first + 2:]])
+
+    def endpoint(*args, **kwargs):
+        values = python_signature.bind(*args, **kwargs)
+        values.apply_defaults()
+        values = dict(values.arguments)
+        if values["seed"] is None:
+            values["seed"] = random_seed()
+        return fn(*[values[n] for n in names])
+
+    endpoint.__name__, endpoint.__doc__ = fn.__name__, fn.__doc__
+    endpoint.__signature__ = python_signature
+    traced = tf.function(endpoint, autograph=False)
+    specs = dict(zip(names, signature))
+    required = [specs[n] for n in names[:first]]
+    conditioning = {n: specs[n] for n in names[first + 2:]}
+    traced.get_concrete_function(*required, specs["temperature"], specs["seed"], **conditioning)
+    traced.get_concrete_function(*required, specs["temperature"], None, **conditioning)
+    return traced
+
+
+def add_endpoints(archive, endpoints):
+    """Adds ``{name: (fn, signature)}`` to a Keras ``ExportArchive``, in order.
+
+    Endpoints with a ``seed`` input get the sampling defaults
+    (``with_sampling_defaults``); the others keep their exact signature.
+    """
+    for name, (fn, signature) in endpoints.items():
+        if "seed" in [spec.name for spec in signature]:
+            archive.add_endpoint(name, with_sampling_defaults(fn, signature))
+        else:
+            archive.add_endpoint(name, fn, input_signature=signature)
+
+
 def with_signature_names(fn, signature):
     """``fn(*args)`` with a Python signature naming every argument after its spec.
 
@@ -285,17 +377,23 @@ def export_saved_model(model, export_dir, jit_compile=True, verbose=False,
 
     Endpoints (also SavedModel signatures; ``serving_default`` is ``sample``):
 
-    - ``sample(num_samples: int32[], temperature: float32[], seed: int64[]
-      [, labels: int32[n] | inputs: uint8[n, h_in, w_in, c]])`` ->
-      ``{"images": uint8[n, h, w, c]}``; the same images as
-      ``t2t_image.sampling.sample(model, n, temperature, seed, ...)``.
-      Images are int32 instead of uint8 where ``vocab_size > 256``.
+    - ``sample(num_samples: int32[], temperature: float32[] = 1.0,
+      seed: int64[] = None, *, labels: int32[n] | inputs: uint8[n, h_in,
+      w_in, c])`` -> ``{"images": uint8[n, h, w, c], "seed": int64[]}``; with
+      a seed, the same images as ``t2t_image.sampling.sample(model, n,
+      temperature, seed, ...)``; without one, a random seed, returned under
+      ``"seed"`` (passing it back reproduces the images). Images are int32
+      instead of uint8 where ``vocab_size > 256``.
     - ``complete(prefix: uint8[n, h, w, c], num_prefix_rows: int32[],
-      temperature, seed [, labels | inputs])`` -> ``{"images"}``: keeps the
-      top rows of ``prefix`` (image completion).
-    - ``log_prob(images: uint8[n, h, w, c] [, labels | inputs])`` ->
+      temperature=1.0, seed=None, *, labels | inputs)`` -> ``{"images",
+      "seed"}``: keeps the top rows of ``prefix`` (image completion).
+    - ``log_prob(images: uint8[n, h, w, c], labels | inputs)`` ->
       ``{"log_prob": float32[n] (nats), "bits_per_dim": float32[n]}``.
 
+    The defaults hold for ``loaded.sample(...)`` (Python, any keyword or the
+    leading arguments by position; the conditioning by keyword); the
+    SavedModel signatures (``loaded.signatures[...]``, TF Serving) take every
+    input by name, none optional. docs/serving.md shows every call.
     ``labels`` exists for class-conditional models, ``inputs`` for
     encoder-decoder (super-resolution) models. Requests are validated in the
     graph: every input's rank and sizes, ``num_samples`` (and the images of
@@ -327,7 +425,6 @@ def export_saved_model(model, export_dir, jit_compile=True, verbose=False,
     archive = keras.export.ExportArchive()
     archive.track(model)
     # "sample" first: ExportArchive makes the first endpoint serving_default.
-    for name, (fn, signature) in build_endpoints(model, jit_compile, max_num_samples).items():
-        archive.add_endpoint(name, fn, input_signature=signature)
+    add_endpoints(archive, build_endpoints(model, jit_compile, max_num_samples))
     return write_folder_atomically(
         export_dir, lambda folder: archive.write_out(folder, verbose=verbose))

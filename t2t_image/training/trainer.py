@@ -293,7 +293,9 @@ class Trainer:
                                             data_iterator)
         else:
             checkpoint = self.checkpoint
-            partial = not data_iterator or saved_optimizer is not None
+            # Evaluation has no data iterator to restore: the checkpoint's is expected unread.
+            partial = (not data_iterator or saved_optimizer is not None
+                       or not hasattr(self.checkpoint, "data_iterator"))
             if partial:
                 objects = self._checkpoint_objects()
                 if saved_optimizer is not None:
@@ -496,7 +498,8 @@ class Trainer:
             self._settings_written = True
         with self._write_errors_named("checkpoint", step, self.manager.directory):
             path = self.manager.save(checkpoint_number=step)
-        logging.info("Saved checkpoint %s", path)
+        logging.info("Saved checkpoint %s", path,
+                     extra={"short": f"Saved checkpoint {os.path.basename(path)}"})
         self._saved = (step, path)
         return path
 
@@ -568,10 +571,14 @@ class Trainer:
             if finished is not False:
                 return finished
         last_time, last_step = time.time(), step
+        steady = None  # (time, step) after this process's first step: compiled from then on
+        logging.info("step %d/%d: compiling the training step ...", step, self.num_train_steps)
         results = None
         while step < self.num_train_steps:
             metrics = {k: float(v) for k, v in train_step(iterator).items()}
             step = int(self.step.numpy())
+            if steady is None:
+                steady = (time.time(), step)
             loss = metrics["loss"]
             if not math.isfinite(loss):
                 raise NonFiniteLossError(
@@ -585,10 +592,7 @@ class Trainer:
                 scalars = self._train_scalars(step, metrics)
                 scalars["steps_per_second"] = steps_per_sec
                 scalars["examples_per_second"] = steps_per_sec * self.global_batch_size
-                logging.info("step %d/%d  %s  ETA %s", step, self.num_train_steps,
-                             "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()),
-                             format_duration((self.num_train_steps - step) / max(steps_per_sec,
-                                                                                  1e-9)))
+                self._log_progress(step, scalars, steady)
                 with self._write_errors_named("TensorBoard summaries", step, self.model_dir):
                     self._write_scalars(train_writer, step, scalars)
             if step % self.checkpoint_every == 0 or step == self.num_train_steps:
@@ -631,6 +635,23 @@ class Trainer:
             "again.", self.model_dir, step, self.num_train_steps,
             f" (results of step {step} in {path})" if results else "")
         return results
+
+    def _log_progress(self, step, scalars, steady):
+        """One progress line: every scalar in the log file, a short form on the console.
+
+        The ETA comes from the steps after this process's first one (``steady``:
+        its time and step), which includes compiling the step.
+        """
+        now, (since, first_step) = time.time(), steady
+        rate = (step - first_step) / (now - since) if step > first_step and now > since else None
+        eta = ("ETA after the next log line" if rate is None
+               else f"ETA {format_duration((self.num_train_steps - step) / rate)}")
+        shown = [f"{k} {scalars[k]:.4g}" for k in ("loss", "bits_per_dim") if k in scalars]
+        short = (f"step {step}/{self.num_train_steps}  {'  '.join(shown)}  "
+                 f"{scalars['steps_per_second']:.3g} steps/s  {eta}")
+        logging.info("step %d/%d  %s  %s", step, self.num_train_steps,
+                     "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()), eta,
+                     extra={"short": short})
 
     def _train_scalars(self, step, metrics):
         """The scalars logged at a training step: loss (nats/dim), bits/dim, learning rate."""

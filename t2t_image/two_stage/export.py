@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from t2t_image.export.atomic import write_folder_atomically
 from t2t_image.export.saved_model import DEFAULT_MAX_NUM_SAMPLES
+from t2t_image.export.saved_model import add_endpoints
 from t2t_image.export.saved_model import build_endpoints
 from t2t_image.export.saved_model import count_check
 from t2t_image.export.saved_model import in_graph_check
@@ -53,8 +54,9 @@ def build_two_stage_endpoints(prior, first_stage, jit_compile=True,
 
     def sample(*args):
         """Samples code grids with the prior and decodes them to images."""
-        codes = tf.cast(prior_sample(*args)["images"][..., 0], tf.int32)
-        return {"images": to_images(codes), "codes": codes}
+        out = prior_sample(*args)
+        codes = tf.cast(out["images"][..., 0], tf.int32)
+        return {"images": to_images(codes), "codes": codes, "seed": out["seed"]}
 
     def count(name, value, what):
         return count_check(name, tf.shape(value)[0], max_num_samples, what)
@@ -106,10 +108,12 @@ def export_two_stage_saved_model(prior, first_stage, export_dir, jit_compile=Tru
 
     Endpoints (also signatures; ``serving_default`` is ``sample``):
 
-    - ``sample(num_samples: int32[], temperature: float32[], seed: int64[]
-      [, labels: int32[n]])`` -> ``{"images": uint8[n, H, W, 3], "codes":
-      int32[n, h, w]}``: the prior's training-size grid, decoded; the same
-      codes as ``t2t_image.sampling.sample(prior, n, temperature, seed)``.
+    - ``sample(num_samples: int32[], temperature: float32[] = 1.0,
+      seed: int64[] = None, *, labels: int32[n])`` -> ``{"images":
+      uint8[n, H, W, 3], "codes": int32[n, h, w], "seed": int64[]}``: the
+      prior's training-size grid, decoded; the same codes as
+      ``t2t_image.sampling.sample(prior, n, temperature, seed)``; without a
+      seed, a random one (returned), as in ``export_saved_model``.
     - ``decode(codes: int32[n, h', w'])`` -> ``{"images"}`` for grids of any
       size of at least 1x1 (e.g. from sliding-window sampling).
     - ``encode(images: uint8[n, H, W, 3])`` -> ``{"codes"}``.
@@ -133,8 +137,7 @@ def export_two_stage_saved_model(prior, first_stage, export_dir, jit_compile=Tru
     archive = keras.export.ExportArchive()
     archive.track(prior)
     archive.track(first_stage)
-    for name, (fn, signature) in build_two_stage_endpoints(prior, first_stage, jit_compile,
-                                                           max_num_samples).items():
-        archive.add_endpoint(name, fn, input_signature=signature)
+    add_endpoints(archive, build_two_stage_endpoints(prior, first_stage, jit_compile,
+                                                     max_num_samples))
     return write_folder_atomically(
         export_dir, lambda folder: archive.write_out(folder, verbose=verbose))

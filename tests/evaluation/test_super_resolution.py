@@ -167,6 +167,11 @@ def test_sample_grid_layout_and_png(tmp_path):
         np.testing.assert_array_equal(np.asarray(png.convert("RGB")), grid)
     same = sample_grid(low, list(samples.values()), originals, padding=1)
     np.testing.assert_array_equal(same, grid)
+    # Scaled for viewing: every tile 2x (8 -> 16 px), the layout unchanged.
+    big = sample_grid(low, samples, originals, padding=1, min_tile_size=16)
+    assert big.shape == (2 * 17 + 1, 5 * 17 + 1, 3)
+    np.testing.assert_array_equal(big[1 + 17:1 + 17 + 16:2, 1 + 34:1 + 34 + 16:2],
+                                  samples[0.9][1])
 
 
 def test_sample_grid_rejects_mismatched_columns():

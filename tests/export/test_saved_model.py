@@ -118,6 +118,20 @@ LOADER = textwrap.dedent("""
     results["serving"] = serving(num_samples=tf.constant(2), temperature=tf.constant(0.8),
                                  seed=seed, **cond)["images"].numpy()
     results["complete"] = complete()["images"].numpy()
+    # Defaults: temperature 1.0; no seed -> a random one, returned, that reproduces the images.
+    results["default_temperature"] = model.sample(num_samples=2, seed=seed, **cond)["images"]
+    first, second = model.sample(2, **cond), model.sample(num_samples=2, **cond)
+    results["random_seeds"] = np.array([first["seed"].numpy(), second["seed"].numpy()])
+    results["random"] = first["images"].numpy()
+    results["random_again"] = model.sample(2, seed=first["seed"], **cond)["images"].numpy()
+    results["complete_default"] = model.complete(prefix=images, num_prefix_rows=1, seed=seed,
+                                                 **cond)["images"].numpy()
+    results["returned_seed"] = sample()["seed"].numpy()
+    try:
+        model.sample(num_samples=2)
+        errors["missing_conditioning"] = None
+    except Exception as e:
+        errors["missing_conditioning"] = [type(e).__name__, str(e)]
     np.savez("results.npz", **results)
     json.dump(errors, open("errors.json", "w"))
 """)
@@ -191,6 +205,9 @@ def test_saved_model_reproduces_the_python_model_without_t2t_image(tmp_path, kin
         "argmax": sample(model, 2, temperature=0.0, seed=seed, **conditioning),
         "complete": sample(model, 2, temperature=0.8, seed=seed, prefix=images,
                            num_prefix_rows=1, **conditioning),
+        "default_temperature": sample(model, 2, temperature=1.0, seed=seed, **conditioning),
+        "complete_default": sample(model, 2, temperature=1.0, seed=seed, prefix=images,
+                                   num_prefix_rows=1, **conditioning),
     }
     np.savez(tmp_path / "expected.npz", images=images, **conditioning)
     with open(tmp_path / "case.json", "w") as f:
@@ -208,6 +225,14 @@ def test_saved_model_reproduces_the_python_model_without_t2t_image(tmp_path, kin
     np.testing.assert_array_equal(got["serving"], expected["sample"])
     np.testing.assert_array_equal(got["complete"], expected["complete"])
     np.testing.assert_array_equal(got["complete"][:, :1], images[:, :1])
+    # Defaults: temperature=1.0 and a random seed, reported and reproducible.
+    np.testing.assert_array_equal(got["default_temperature"], expected["default_temperature"])
+    np.testing.assert_array_equal(got["complete_default"], expected["complete_default"])
+    assert got["returned_seed"] == seed
+    assert got["random_seeds"][0] != got["random_seeds"][1] and got["random_seeds"].min() >= 0
+    np.testing.assert_array_equal(got["random"], got["random_again"])
+    assert_refused(errors, "missing_conditioning", "missing a required argument",
+                   "'labels'" if "labels" in conditioning else "'inputs'", kind="TypeError")
 
     # Wrong dtypes: refused by TensorFlow when binding, naming the input and both dtypes on
     # the first line.

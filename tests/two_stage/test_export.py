@@ -50,12 +50,16 @@ LOADER = textwrap.dedent("""
             errors[name] = str(e)
     out = model.sample(num_samples=tf.constant(3), temperature=tf.constant(0.9),
                        seed=tf.constant(case["seed"], tf.int64))
+    random = model.sample(3)  # temperature 1.0, a random seed (returned)
+    again = model.sample(3, 1.0, random["seed"])
+    same = bool(np.array_equal(random["codes"].numpy(), again["codes"].numpy()))
     big = model.decode(codes=tf.constant(data["big_codes"]))
     enc = model.encode(images=tf.constant(data["images"]))
     lp = model.log_prob(codes=tf.constant(data["codes"]))
     np.savez("served.npz", codes=out["codes"].numpy(), images=out["images"].numpy(),
              big=big["images"].numpy(), enc=enc["codes"].numpy(),
-             log_prob=lp["log_prob"].numpy(), bits=lp["bits_per_code"].numpy())
+             log_prob=lp["log_prob"].numpy(), bits=lp["bits_per_code"].numpy(),
+             seed=out["seed"].numpy(), random_reproduced=same)
     json.dump(errors, open("errors.json", "w"))
 """)
 
@@ -98,6 +102,7 @@ def test_two_stage_saved_model_serves_python_results_and_survives_bad_requests(t
     assert "Incompatible shapes" not in json.dumps(errors)
     served = np.load(work / "served.npz")
     np.testing.assert_array_equal(served["codes"], codes)
+    assert served["seed"] == 11 and served["random_reproduced"]
     np.testing.assert_array_equal(served["images"], images)
     np.testing.assert_array_equal(served["big"], np.asarray(fs.images_from_codes(big_codes)))
     np.testing.assert_array_equal(served["enc"], np.asarray(fs.encode_to_codes(images)))
