@@ -118,7 +118,7 @@ def _main(argv):
         if FLAGS.complete:  # the model's size, checked from the header before decoding
             complete = files.read_image(FLAGS.complete, "complete", None if first_stage else (
                 model.image_height, model.image_width))
-        lines, seconds = _sample(model, first_stage, inputs, complete, stop.deferred)
+        lines, seconds = _sample(model, first_stage, inputs, complete, stop)
         print("\n".join(lines))
         print(f"Sampled {FLAGS.num_samples} images in {seconds:.1f} s: "
               f"{seconds / FLAGS.num_samples:.3f} s/image (including compilation)")
@@ -141,7 +141,7 @@ def _load():
     return model, first_stage
 
 
-def _sample(model, first_stage, inputs, complete, deferred):
+def _sample(model, first_stage, inputs, complete, stop):
     """Samples into --npz as it goes, then writes the grid: (lines written, seconds)."""
     from t2t_image.sampling.arguments import code_grid_size
     from t2t_image.sampling.job import sample_to_files
@@ -149,8 +149,8 @@ def _sample(model, first_stage, inputs, complete, deferred):
     height, width = code_grid_size(first_stage, FLAGS.height, FLAGS.width, FLAGS.size_units)
     return sample_to_files(
         model, FLAGS.num_samples, FLAGS.output, FLAGS.npz, FLAGS.columns, FLAGS.seed,
-        FLAGS.temperature, FLAGS.label, inputs, complete, FLAGS.rows, deferred=deferred,
-        batch_size=FLAGS.batch_size, jit_compile=FLAGS.jit_compile, progress=FLAGS.progress,
+        FLAGS.temperature, FLAGS.label, inputs, complete, FLAGS.rows, deferred=stop.deferred,
+        at_exit=stop.at_exit, batch_size=FLAGS.batch_size, jit_compile=FLAGS.jit_compile, progress=FLAGS.progress,
         top_k=FLAGS.top_k, height=height, width=width, first_stage=first_stage,
         window_stride=FLAGS.window_stride)
 

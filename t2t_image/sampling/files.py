@@ -235,10 +235,14 @@ class SamplesNpzWriter:
             if handle is not None:
                 with contextlib.suppress(Exception):
                     handle.close()
+        self.discard()
+        return False
+
+    def discard(self):
+        """Removes the temporary files (also safe from a signal handler before quitting)."""
         for leftover in (self.tmp, self.tmp + ".codes"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(leftover)
-        return False
 
     def add(self, images, codes=None):
         """Appends a batch: uint8 images `[count, h, w, c]` (and int32 codes `[count, r, c]`)."""

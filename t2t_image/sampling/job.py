@@ -186,7 +186,7 @@ def run_sampler(model, num_samples, temperature=1.0, seed=0, label=None, inputs=
 
 def sample_to_files(model, num_samples, output, npz=None, columns=None, seed=0,
                     temperature=1.0, label=None, inputs=None, complete=None, rows=None,
-                    deferred=contextlib.nullcontext, **sampling):
+                    deferred=contextlib.nullcontext, at_exit=None, **sampling):
     """``t2t-image-sampler``'s job: samples streamed into ``npz``, then the PNG grid.
 
     Each batch goes into the ``.npz`` as it is drawn (``files.SamplesNpzWriter``),
@@ -203,6 +203,8 @@ def sample_to_files(model, num_samples, output, npz=None, columns=None, seed=0,
         columns: None or int, tiles per grid row.
         deferred: a context manager factory the outputs are finished inside
             (the CLI's: signals wait until the files are whole).
+        at_exit: None, or a function registering a clean-up to run if a signal
+            ends the process (the CLI's: the partial ``.npz`` is removed).
 
     Returns:
         ``(lines, seconds)``: what was written, in words, and the sampling time.
@@ -217,6 +219,8 @@ def sample_to_files(model, num_samples, output, npz=None, columns=None, seed=0,
     start_time = time.time()
     with contextlib.ExitStack() as stack:
         writer = stack.enter_context(files.SamplesNpzWriter(npz, num_samples)) if npz else None
+        if writer is not None and at_exit is not None:
+            at_exit(writer.discard)
         for images, codes in stream_sampler(model, num_samples, temperature, seed, label,
                                             inputs, complete, rows, **sampling):
             if writer is not None:

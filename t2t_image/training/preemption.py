@@ -103,10 +103,31 @@ class StopOnSignal:
         self.signum = None
         self._previous = {}
         self._deferring = 0
+        self._cleanups = []
 
     @property
     def requested(self):
         return self.signum is not None
+
+    def at_exit(self, cleanup):
+        """Runs ``cleanup()`` (e.g. removing a temporary file) if a signal ends the process.
+
+        Returns ``cleanup``; ``forget(cleanup)`` unregisters it.
+        """
+        self._cleanups.append(cleanup)
+        return cleanup
+
+    def forget(self, cleanup):
+        if cleanup in self._cleanups:
+            self._cleanups.remove(cleanup)
+
+    def _exit(self, status):
+        for cleanup in self._cleanups:
+            try:
+                cleanup()
+            except Exception:  # noqa: BLE001 - quitting anyway
+                pass
+        os._exit(status)
 
     def _handle(self, signum, frame):
         del frame
@@ -117,11 +138,11 @@ class StopOnSignal:
             # the next run removes, and the latest complete checkpoint stays recorded.
             os.write(2, f"\n{name} again: quitting at once; the latest complete checkpoint "
                         "is kept.\n".encode())
-            os._exit(128 + int(signum))
+            self._exit(128 + int(signum))
         self.signum = signum
         if self.immediate and not self._deferring:
             os.write(2, f"\n{name} received: {self.on_stop} ({self.what}).\n".encode())
-            os._exit(128 + int(signum))
+            self._exit(128 + int(signum))
         os.write(2, f"\n{name} received: {self.on_stop} ({self.what}); send it again to quit "
                     "at once.\n".encode())
 
