@@ -227,10 +227,13 @@ def main() -> None:
     model, fingerprint = load(args)
     images, labels, inputs = held_out(args.data, args.num_images)
     size = (model.image_height, model.image_width)
-    if images.shape[1:3] != size:
-        from t2t_image.data.numpy_pipeline import area_resize_numpy
+    from t2t_image.data.numpy_pipeline import area_resize_numpy
 
+    if images.shape[1:3] != size:
         images = area_resize_numpy(images, size)
+    if inputs is not None and hasattr(model, "input_height") and \
+            inputs.shape[1:3] != (model.input_height, model.input_width):
+        inputs = area_resize_numpy(inputs, (model.input_height, model.input_width))
     dims = images[0].size
     import keras
 
@@ -246,6 +249,11 @@ def main() -> None:
              None, t2t["encode"], t2t["decode"]),
             ("t2t-image-compress (per image)", 8 * t2t["per_image_bytes"].sum() /
              (dims * len(images)), 8 * t2t["per_image_bytes"].mean() / dims, None, None)]
+    if hasattr(model, "input_height"):  # the two-part code: + the raw low-resolution input
+        raw = 8 * model.input_height * model.input_width * model.num_channels
+        rows.insert(1, ("model's own + the raw low-resolution input",
+                        (t2t["model_bits"].sum() + raw * len(images)) / (dims * len(images)),
+                        (t2t["model_bits"].mean() + raw) / dims, None, None))
     per_image = {"t2t_per_image_bytes": t2t["per_image_bytes"].tolist(),
                  "model_bits": t2t["model_bits"].tolist()}
     for name, (encode, decode) in classical_codecs().items():
