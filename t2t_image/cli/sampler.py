@@ -150,9 +150,9 @@ def _sample(model, first_stage, inputs, complete, stop):
     return sample_to_files(
         model, FLAGS.num_samples, FLAGS.output, FLAGS.npz, FLAGS.columns, FLAGS.seed,
         FLAGS.temperature, FLAGS.label, inputs, complete, FLAGS.rows, deferred=stop.deferred,
-        at_exit=stop.at_exit, batch_size=FLAGS.batch_size, jit_compile=FLAGS.jit_compile, progress=FLAGS.progress,
-        top_k=FLAGS.top_k, height=height, width=width, first_stage=first_stage,
-        window_stride=FLAGS.window_stride)
+        at_exit=stop.at_exit, batch_size=FLAGS.batch_size, jit_compile=FLAGS.jit_compile,
+        progress=FLAGS.progress, top_k=FLAGS.top_k, height=height, width=width,
+        first_stage=first_stage, window_stride=FLAGS.window_stride)
 
 
 def run():

@@ -226,8 +226,9 @@ def set_weights_checked(variables, arrays, what, path):
             an older checkpoint).
     """
     if len(variables) != len(arrays):
-        raise CheckpointMismatchError(f"the checkpoint {path} holds {len(arrays)} {what} arrays, the model "
-                         f"has {len(variables)}: it was written by another architecture.")
+        raise CheckpointMismatchError(
+            f"the checkpoint {path} holds {len(arrays)} {what} arrays, the model has "
+            f"{len(variables)}: it was written by another architecture.")
     for variable, value in zip(variables, arrays):
         if tuple(variable.shape) != tuple(value.shape):
             raise CheckpointMismatchError(

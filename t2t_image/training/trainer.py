@@ -311,8 +311,9 @@ class Trainer:
                                                      run_guard.MODEL_CONFIG_NAME)):
                     raise
                 raise run_guard.CheckpointMismatchError(
-                    f"{str(e).rstrip('.')}. {self.model_dir} has no {run_guard.MODEL_CONFIG_NAME} to name the "
-                    "architecture it was trained with: use the gin files of that run (e.g. "
+                    f"{str(e).rstrip('.')}. {self.model_dir} has no "
+                    f"{run_guard.MODEL_CONFIG_NAME} to name the architecture it was trained "
+                    "with: use the gin files of that run (e.g. "
                     f"{os.path.join(self.model_dir, 'operative_config.gin')}).") from e
         if path is None and required:
             raise run_guard.CheckpointNotFoundError(
