@@ -78,7 +78,7 @@ def main(argv):
         # Errors from here on are internal (traceback) except these, which name what to do.
         stops = (NonFiniteLossError, run_guard.ModelDirWriteError,
                  run_guard.ModelDirLockedError,
-                 # issue 16: checkpoints missing, unreadable, not fitting; NaN weights
+                 # checkpoints missing, unreadable, not fitting; NaN weights
                  run_guard.CheckpointNotFoundError, run_guard.CheckpointMismatchError,
                  run_guard.NonFiniteWeightsError)
         with errors.user_errors_of(stops):
