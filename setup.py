@@ -45,6 +45,7 @@ setuptools.setup(
             "t2t-image-exporter = t2t_image.cli.exporter:run",
             "t2t-image-compress = t2t_image.cli.compress:run",
             "t2t-image-decompress = t2t_image.cli.decompress:run",
+            "t2t-image-launch = t2t_image.cli.launch:run",
         ]
     },
     classifiers=[

@@ -59,7 +59,8 @@ ImageFolderSource = gin.external_configurable(
     module=MODULE)
 make_dataset = gin.external_configurable(
     data.make_dataset if USES_TENSORFLOW else functools.wraps(data.make_numpy_dataset)(make_dataset_jax),
-    "make_dataset", module=MODULE, denylist=["with_info"]
+    "make_dataset", module=MODULE,
+    denylist=["with_info", "num_shards", "shard_index"]
 )
 make_code_dataset = gin.external_configurable(
     _tf_only("t2t_image.two_stage.code_dataset", "make_code_dataset"), "make_code_dataset",

@@ -124,8 +124,10 @@ class NumpyDataset:
     """
 
     def __init__(self, data: SplitData, task, image_size, input_size, batch_size, shuffle, seed,
-                 epochs, drop_remainder):
+                 epochs, drop_remainder, shard=None):
         self.data, self.task = data, task
+        # (start, stop) of this worker's slice of every global batch (multi-worker runs).
+        self.shard = shard or (0, batch_size)
         self.image_size, self.input_size = image_size, input_size
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epochs, self.drop_remainder = epochs, drop_remainder
@@ -136,7 +138,7 @@ class NumpyDataset:
             raise ValueError(f"batch_size={batch_size} is larger than the split "
                              f"({self.num_examples} examples) with drop_remainder=True.")
         first = self.features(np.arange(1))
-        batch = batch_size if drop_remainder else None
+        batch = self.shard[1] - self.shard[0] if drop_remainder else None
         self.element_spec = {k: ((batch,) + v.shape[1:], v.dtype) for k, v in first.items()}
 
     def features(self, idx):
@@ -144,7 +146,7 @@ class NumpyDataset:
         from t2t_image.data.preprocess import crop_numpy
 
         images = self.data.images[idx]
-        if self.data.crop_box is not None:
+        if self.data.crop_box is not None and len(idx):
             images = np.stack([crop_numpy(im, self.data.crop_box) for im in images])
         out = {"targets": area_resize_numpy(images, self.image_size)}
         if self.task == "class_conditional":
@@ -210,8 +212,8 @@ class NumpyIterator:
             order = ds.order(self.epoch)
             idx = order[self.position:self.position + ds.batch_size]
             if len(idx) == ds.batch_size or (len(idx) and not ds.drop_remainder):
-                self.position += len(idx)
-                return ds.features(idx)
+                self.position += len(idx)  # the global position: the same on every worker
+                return ds.features(idx[ds.shard[0]:ds.shard[1]])
             self.epoch, self.position = self.epoch + 1, 0
 
 
@@ -219,11 +221,12 @@ def make_numpy_dataset(source, split="train", batch_size=16, *, task="unconditio
                        image_size=32, input_size=8, training=False, shuffle=None,
                        shuffle_buffer=10_000, repeat=None, seed=None, drop_remainder=None,
                        imagenet_version=None, source_kwargs=None, num_classes=None,
-                       with_info=False):
+                       with_info=False, num_shards=1, shard_index=0):
     """``make_dataset``'s NumPy twin for array sources (see the module docstring).
 
     Takes ``make_dataset``'s arguments (``shuffle_buffer`` is unused: arrays are
-    shuffled over the whole split) and returns a ``NumpyDataset``, or
+    shuffled over the whole split; ``num_shards``/``shard_index``: one worker's
+    slices of the global batches) and returns a ``NumpyDataset``, or
     ``(dataset, DatasetInfo)``.
     """
     del shuffle_buffer
@@ -236,8 +239,11 @@ def make_numpy_dataset(source, split="train", batch_size=16, *, task="unconditio
         if input_size >= image_size:
             raise ValueError(f"input_size must be smaller than image_size={image_size} for "
                              f"super-resolution, got {input_size!r}")
+    given_seed = seed
     shuffle, repeat, seed, drop_remainder = options.resolve_order(training, shuffle, repeat, seed,
                                                                   drop_remainder)
+    num_shards, shard_index = options.check_shards(num_shards, shard_index, batch_size, shuffle,
+                                                   given_seed)
     src = _source(source, dict(source_kwargs or {}))
     data = src.load(split, shuffle=shuffle, seed=seed, with_labels=task == "class_conditional")
     if task == "class_conditional":
@@ -250,8 +256,9 @@ def make_numpy_dataset(source, split="train", batch_size=16, *, task="unconditio
         raise ValueError(f"input_size={input_size} does not match the source's precomputed "
                          f"inputs of shape {data.inputs.shape[1:]}")
     epochs = None if repeat is True else (1 if repeat is False else repeat)
+    per_worker = batch_size // num_shards
     ds = NumpyDataset(data, task, image_size, input_size, batch_size, shuffle, seed, epochs,
-                      drop_remainder)
+                      drop_remainder, (shard_index * per_worker, (shard_index + 1) * per_worker))
     logging.info("Dataset (NumPy): %s | task=%s targets=%dx%d | batch_size=%d training=%s "
                  "shuffle=%s seed=%s repeat=%s", data.description, task, image_size, image_size,
                  batch_size, training, shuffle, seed, repeat)

@@ -89,3 +89,21 @@ def resolve_order(training, shuffle, repeat, seed, drop_remainder):
         seed = secrets.randbelow(2**31)
     seed = None if seed is None else int(seed)
     return shuffle, repeat, seed, drop_remainder
+
+
+def check_shards(num_shards, shard_index, batch_size, shuffle, seed):
+    """Validates one worker's share of a pipeline (``num_shards`` workers; see
+    ``t2t_image.training.workers``): the global ``batch_size`` divides by them, and a
+    shuffled pipeline has a ``seed``, so that every worker draws the same order."""
+    num_shards = _check_int(num_shards, "num_shards")
+    shard_index = _check_int(shard_index, "shard_index", minimum=0)
+    if shard_index >= num_shards:
+        raise ValueError(f"shard_index must be < num_shards={num_shards}, got {shard_index}")
+    if batch_size % num_shards:
+        raise ValueError(f"batch_size={batch_size} (the global batch) must divide by the "
+                         f"{num_shards} workers")
+    if num_shards > 1 and shuffle and seed is None:
+        raise ValueError(f"seed must be set (e.g. make_dataset.seed = 0) when {num_shards} workers "
+                         "read one shuffled pipeline: each worker keeps its slice of the same "
+                         "global batches, so all must draw the same order")
+    return num_shards, shard_index

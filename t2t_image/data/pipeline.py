@@ -30,7 +30,7 @@ from t2t_image.data.cifar10_archive import Cifar10ArchiveSource
 from t2t_image.data.image_folder import ImageFolderSource, SkippedFiles
 from t2t_image.data.imagenet import IMAGENET_VERSIONS, resolve_imagenet_version
 from t2t_image.data.npz_source import NpzSource
-from t2t_image.data.options import TASKS, DatasetInfo, _check_int, resolve_order  # noqa: F401
+from t2t_image.data.options import TASKS, DatasetInfo, _check_int, check_shards, resolve_order  # noqa: F401
 from t2t_image.data.sources import Source, SplitData, check_num_classes
 from t2t_image.data.tfds_source import TfdsSource
 
@@ -70,7 +70,7 @@ def get_source(source, **kwargs) -> Source:
 def make_dataset(source, split="train", batch_size=16, *, task="unconditional", image_size=32,
                  input_size=8, training=False, shuffle=None, shuffle_buffer=10_000, repeat=None,
                  seed=None, drop_remainder=None, imagenet_version=None, source_kwargs=None,
-                 num_classes=None, with_info=False):
+                 num_classes=None, with_info=False, num_shards=1, shard_index=0):
     """Builds the input pipeline of the Image Transformer (see the module docstring).
 
     Corresponds to T2T's ``Problem.input_fn`` with the ``preprocess_example`` of
@@ -103,6 +103,9 @@ def make_dataset(source, split="train", batch_size=16, *, task="unconditional", 
         label is checked against it here, so a label the model cannot embed fails
         when the dataset is built, naming the data and the value. None: no check.
       with_info: also return a ``DatasetInfo``.
+      num_shards, shard_index: one worker's share of a multi-worker run (set by the
+        trainer, not by gin): the batches are worker ``shard_index``'s contiguous slices
+        of the global batches of ``batch_size`` (``t2t_image.training.workers``).
 
     Returns:
       A ``tf.data.Dataset`` of feature dicts, or ``(dataset, DatasetInfo)``.
@@ -122,8 +125,12 @@ def make_dataset(source, split="train", batch_size=16, *, task="unconditional", 
                 f"input_size must be smaller than image_size={image_size} for super-resolution, got {input_size!r}"
             )
     shuffle_buffer = _check_int(shuffle_buffer, "shuffle_buffer")
+    given_seed = seed
     shuffle, repeat, seed, drop_remainder = resolve_order(training, shuffle, repeat, seed,
                                                           drop_remainder)
+    num_shards, shard_index = check_shards(num_shards, shard_index, batch_size, shuffle,
+                                           given_seed)
+    shard = (shard_index * batch_size // num_shards, (shard_index + 1) * batch_size // num_shards)
     if source_kwargs is not None and not hasattr(source_kwargs, "items"):
         raise ValueError(f"source_kwargs must be a mapping or None, got {source_kwargs!r}")
 
@@ -149,7 +156,8 @@ def make_dataset(source, split="train", batch_size=16, *, task="unconditional", 
 
     epochs = None if repeat is True else (1 if repeat is False else repeat)
     if data.images is not None:
-        ds = array_pipeline(data, features, task, batch_size, shuffle, seed, epochs, drop_remainder)
+        ds = array_pipeline(data, features, task, batch_size, shuffle, seed, epochs, drop_remainder,
+                            shard)
     else:
         ds = data.dataset
         if shuffle and not data.shuffled:
@@ -158,6 +166,8 @@ def make_dataset(source, split="train", batch_size=16, *, task="unconditional", 
             ds = ds.repeat(epochs)
         ds = ds.map(lambda ex: features(ex["image"], ex.get("label")), num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        if num_shards > 1:  # this worker's slice of every global batch
+            ds = ds.map(lambda batch: {k: v[shard[0]:shard[1]] for k, v in batch.items()})
     ds = ds.prefetch(tf.data.AUTOTUNE)
 
     skipped = getattr(src, "skipped", None)
@@ -190,11 +200,13 @@ def make_dataset(source, split="train", batch_size=16, *, task="unconditional", 
     return (ds, info) if with_info else ds
 
 
-def array_pipeline(data: SplitData, features, task, batch_size, shuffle, seed, epochs, drop_remainder):
+def array_pipeline(data: SplitData, features, task, batch_size, shuffle, seed, epochs, drop_remainder,
+                   shard=None):
     """Index-based pipeline for in-memory arrays: shuffle indices, batch, gather, transform.
 
     ``features(images, labels, inputs)`` maps gathered batches to feature dicts;
-    ``epochs`` is None for forever.
+    ``epochs`` is None for forever; ``shard``: ``(start, stop)`` of this worker's
+    slice of each batch of indices, or None for all of it.
     """
     n = len(data.images)
     if n == 0:
@@ -209,6 +221,8 @@ def array_pipeline(data: SplitData, features, task, batch_size, shuffle, seed, e
     if epochs != 1:
         ds = ds.repeat(epochs)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if shard is not None and shard != (0, batch_size):  # this worker's indices only
+        ds = ds.map(lambda idx: idx[shard[0]:shard[1]])
 
     def gather(idx):
         return features(

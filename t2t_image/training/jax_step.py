@@ -40,8 +40,10 @@ class JaxStrategy:
     Args:
         name: "default" (one device), "mirrored" / "tpu" (every local device,
             ``keras.distribution.DataParallel``), "multi_worker" (every device
-            of every host after ``keras.distribution.initialize()``, i.e.
-            ``jax.distributed.initialize`` from the environment; untested).
+            of every process after ``keras.distribution.initialize()``, i.e.
+            ``jax.distributed.initialize`` from the environment: each process
+            feeds its own slice of the global batch; tested with processes on
+            one host, not on several hosts).
     """
 
     def __init__(self, name="default"):
@@ -69,20 +71,30 @@ class JaxStrategy:
             keras.distribution.set_distribution(previous)
 
     def shard(self, batch):
-        """Places a global NumPy batch on the devices, split along the batch axis."""
+        """Places a NumPy batch on the devices, split along the batch axis.
+
+        With several processes the batch is this process's slice of the global
+        batch (``t2t_image.training.workers``); the processes' slices together
+        make one global array.
+        """
         if self.distribution is None:
             return {k: jnp.asarray(v) for k, v in batch.items()}
         out = {}
         for key, value in batch.items():
-            layout = self.distribution.get_data_layout(value.shape)
-            sharding = layout.backend_layout
-            if jax.process_count() > 1:  # each host feeds its share of the global batch
-                per = value.shape[0] // jax.process_count()
-                local = value[jax.process_index() * per:(jax.process_index() + 1) * per]
-                out[key] = jax.make_array_from_process_local_data(sharding, local)
+            global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
+            sharding = self.distribution.get_data_layout(global_shape).backend_layout
+            if jax.process_count() > 1:
+                out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
             else:
                 out[key] = jax.device_put(value, sharding)
         return out
+
+    def flags(self, value):
+        """One int per process, as a global array split over the processes (``max`` = any set)."""
+        num_devices = len(jax.devices())
+        sharding = self.distribution.get_data_layout((num_devices,)).backend_layout
+        local = np.full((jax.local_device_count(),), value, np.int32)
+        return jax.make_array_from_process_local_data(sharding, local, (num_devices,))
 
     def experimental_distribute_dataset(self, dataset):
         return DistributedData(dataset, self)
@@ -237,13 +249,18 @@ def make_gradient_fn(model, global_batch_size, num_dims):
     return gradients
 
 
-def make_train_step(model, optimizer, step, global_batch_size, num_dims):
+def make_train_step(model, optimizer, step, global_batch_size, num_dims, strategy=None):
     """The jitted train step: ``train_step(iterator) -> {"loss", "gradient_norm"}``.
 
     The loss is the mean over the global batch of the per-image NLL per
     dimension (nats), as the TF step's ``compute_average_loss``; the gradient
-    norm is the global norm before clipping.
+    norm is the global norm before clipping. With several processes the step
+    also returns ``"stop"``: the largest stop signal any process has received
+    (0: none), so that all stop after the same step (``preemption.TrainingGuard``).
     """
+    from t2t_image.training import preemption
+
+    agree = jax.process_count() > 1
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         raise ValueError("Trainer.precision='mixed_float16' (loss scaling) is not supported "
                          "under the JAX backend; use 'mixed_bfloat16' or 'float32'.")
@@ -252,22 +269,25 @@ def make_train_step(model, optimizer, step, global_batch_size, num_dims):
     optimizer_vars = optimizer.variables
     gradients = make_gradient_fn(model, global_batch_size, num_dims)
 
-    def step_fn(trainable, non_trainable, optimizer_values, features):
+    def step_fn(trainable, non_trainable, optimizer_values, features, stop):
         loss, grads, non_trainable = gradients(trainable, non_trainable, features)
         # Dense gradients already (JAX has no IndexedSlices): Adam sees summed rows, as T2T's.
         norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype("float32"))) for g in grads))
         trainable, optimizer_values = optimizer.stateless_apply(optimizer_values, grads,
                                                                 trainable)
-        return trainable, non_trainable, optimizer_values, {"loss": loss,
-                                                            "gradient_norm": norm}
+        metrics = {"loss": loss, "gradient_norm": norm}
+        if stop is not None:  # the processes' stop flags, reduced inside the step's program
+            metrics["stop"] = jnp.max(stop)
+        return trainable, non_trainable, optimizer_values, metrics
 
     jitted = jax.jit(step_fn, donate_argnums=(0, 1, 2))
 
     def train_step(iterator):
         features = next(iterator)
+        stop = strategy.flags(preemption.stop_requested() or 0) if agree else None
         trainable, non_trainable, optimizer_values, metrics = jitted(
             _values(trainable_vars), _values(non_trainable_vars), _values(optimizer_vars),
-            features)
+            features, stop)
         _assign(trainable_vars, trainable)
         _assign(non_trainable_vars, non_trainable)
         _assign(optimizer_vars, optimizer_values)
@@ -277,8 +297,13 @@ def make_train_step(model, optimizer, step, global_batch_size, num_dims):
     return train_step
 
 
-def make_eval_step(model):
-    """``eval_step(features) -> (sum of per-image NLL, number of images)``, jitted."""
+def make_eval_step(model, local=False):
+    """``eval_step(features) -> (sum of per-image NLL, number of images)``, jitted.
+
+    ``local``: score a NumPy batch of this process alone with its own copy of
+    the (replicated) weights, without any collective (several processes hold
+    different numbers of evaluation batches; ``sum_over_processes`` adds up).
+    """
 
     def eval_fn(trainable, non_trainable, features):
         logits, _ = model.stateless_call(trainable, non_trainable, features, training=False)
@@ -286,12 +311,33 @@ def make_eval_step(model):
         return jnp.sum(nll.astype("float32")), jnp.asarray(nll.shape[0], "float32")
 
     jitted = jax.jit(eval_fn)
+    values = _local_values if local else _values
 
     def eval_step(features):
-        return jitted(_values(model.trainable_variables), _values(model.non_trainable_variables),
+        return jitted(values(model.trainable_variables), values(model.non_trainable_variables),
                       features)
 
     return eval_step
+
+
+def _local_values(variables):
+    """This process's copies of replicated variables (no cross-process computation)."""
+    return [v.value.addressable_data(0) for v in variables]
+
+
+def sum_over_processes(values):
+    """The element-wise sum of a list of floats over all processes."""
+    from jax.experimental import multihost_utils
+
+    # float64 sent as its bits: without jax_enable_x64 a float64 array would become float32.
+    bits = np.asarray(values, np.float64).view(np.uint32)
+    gathered = np.asarray(multihost_utils.process_allgather(bits), np.uint32)
+    return [float(v) for v in gathered.reshape(jax.process_count(), -1).view(np.float64).sum(0)]
+
+
+def worker_of():
+    """``(process index, process count)``."""
+    return jax.process_index(), jax.process_count()
 
 
 def check_dataset(dataset, role):

@@ -208,28 +208,35 @@ class TrainingGuard:
             step is already saved (``saved_step``).
         strategy: optional ``tf.distribute`` strategy (multi-worker support).
         manager: the ``tf.train.CheckpointManager`` (multi-worker support).
+        agreed: bool, the workers agree on stopping themselves (JAX processes:
+            each step returns the largest signal any of them received), so
+            ``check`` acts on the ``stop`` it is given, not on this process's flag.
     """
 
-    def __init__(self, signals, save, strategy=None, manager=None):
+    def __init__(self, signals, save, strategy=None, manager=None, agreed=False):
         self.signals = signals
         self.save = save
         self.saved_step = None
         self.saved_path = None
+        self.agreed = agreed
         self._handler = _multi_worker_handler(strategy, manager, self)
 
     def record_save(self, step, path):
         """Tells the guard that ``step`` is already checkpointed at ``path``."""
         self.saved_step, self.saved_path = step, path
 
-    def check(self, step):
-        """Call after each step: on a stop request, checkpoint ``step`` and raise ``Preempted``."""
+    def check(self, step, stop=None):
+        """Call after each step: on a stop request, checkpoint ``step`` and raise ``Preempted``.
+
+        ``stop``: with ``agreed``, the signal number all workers agreed on (0: none).
+        """
         if self._handler is not None:
             # Every worker polls; the handler saves at the step all workers agreed on and
             # then calls _exit_fn, which raises Preempted.
             self._step = step  # named by exit_fn's Preempted
             self._handler.save_checkpoint_if_preempted(checkpoint_number=step)
             return
-        signum = self.signals.signum
+        signum = (int(stop) or None) if self.agreed and stop is not None else self.signals.signum
         if signum is None:
             return
         if self.saved_step != step:

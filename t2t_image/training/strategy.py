@@ -49,3 +49,20 @@ def is_chief(strategy):
         return True
     cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
     return task_type == "worker" and task_id == 0 and "chief" not in cluster
+
+
+def worker_of(strategy):
+    """``(index, count)`` of this worker in the cluster (``(0, 1)`` without one).
+
+    Worker 0 is the chief (the "chief" task if the cluster has one, else worker 0).
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 0, 1
+    cluster = resolver.cluster_spec().as_dict()
+    chiefs = len(cluster.get("chief", ()))
+    count = chiefs + len(cluster.get("worker", ()))
+    if count == 0:
+        return 0, 1
+    index = resolver.task_id + (chiefs if resolver.task_type == "worker" else 0)
+    return index, count

@@ -24,6 +24,7 @@ from t2t_image.storage.model_loading import FIRST_STAGE_FILE
 from t2t_image.training import compilation
 from t2t_image.training import preemption
 from t2t_image.training import strategy as strategy_lib
+from t2t_image.training import workers
 from t2t_image.training.progress import format_duration
 from t2t_image.training.schedules import NoamSchedule
 
@@ -139,23 +140,28 @@ class Trainer:
         self.log_every = log_every
         self.sample_every = sample_every
         self.num_samples = num_samples
-        # "auto" -> True/False for this precision and device (compilation.py).
-        self.jit_compile = compilation.resolve_jit_compile(
-            jit_compile, precision, compilation.accelerator_type(strategy))
         self.precision = precision
         self.seed = seed
         # Under KERAS_BACKEND=jax the loop below is the same; jax_step.py provides the
         # strategy, step, checkpoint and the jitted stateless steps.
         self._jax = None
+        # "default" is "multi_worker" where TF_CONFIG (or Keras's JAX variables) name a cluster.
+        strategy = workers.resolve_strategy(strategy, files.uses_tensorflow())
         if not files.uses_tensorflow():
             from t2t_image.training import jax_step
 
             self._jax = jax_step
             self.strategy = jax_step.JaxStrategy(strategy)
             self.is_chief = jax_step.is_chief()
+            self.worker_index, self.num_workers = jax_step.worker_of()
         else:
             self.strategy = strategy_lib.make_strategy(strategy)
             self.is_chief = strategy_lib.is_chief(self.strategy)
+            self.worker_index, self.num_workers = strategy_lib.worker_of(self.strategy)
+        # "auto" -> True/False for this precision and device (compilation.py); after the
+        # strategy: jax.distributed must start before anything asks JAX for its devices.
+        self.jit_compile = compilation.resolve_jit_compile(
+            jit_compile, precision, compilation.accelerator_type(strategy))
         self._built = False
         self._other_backend = None  # a newer checkpoint of the other Keras backend (build)
         self._restored = False  # weights come from a checkpoint or from training
@@ -169,10 +175,22 @@ class Trainer:
         # The model's num_classes goes to dataset functions that take it, so labels the
         # class table cannot hold are refused when the data is built (make_dataset).
         kwargs = {}
-        if num_classes is not None and "num_classes" in inspect.signature(fn).parameters:
+        parameters = inspect.signature(fn).parameters
+        if num_classes is not None and "num_classes" in parameters:
             kwargs["num_classes"] = num_classes
+        # Several workers: each reads its slices of the same global batches (workers.py).
+        sliced_by_fn = self.num_workers > 1 and {"num_shards", "shard_index"} <= set(parameters)
+        if sliced_by_fn:
+            kwargs.update(num_shards=self.num_workers, shard_index=self.worker_index)
         result = fn(with_info=True, **kwargs)
         dataset, info = result if isinstance(result, tuple) else (result, None)
+        if self.num_workers > 1 and not sliced_by_fn:
+            logging.warning("The %s dataset function takes no num_shards/shard_index: each of the "
+                            "%d workers reads the whole global batches and keeps its slice (they "
+                            "must all draw the same order: set its seed).", role,
+                            self.num_workers)
+            batch = getattr(info, "batch_size", None) or self._batch_dim(dataset)
+            dataset = workers.shard_batches(dataset, self.worker_index, self.num_workers, batch)
         if self._jax is not None:
             self._jax.check_dataset(dataset, role)
         elif not isinstance(dataset, tf.data.Dataset):
@@ -194,10 +212,11 @@ class Trainer:
         spec = self.train_dataset.element_spec
         if self._jax is not None:  # {feature: (shape, dtype)}
             spec = self._jax.check_dataset(self.train_dataset, "training")
-        self.global_batch_size = self._shape(spec["targets"])[0]
-        if self.global_batch_size is None:
+        per_worker_batch = self._shape(spec["targets"])[0]
+        if per_worker_batch is None:
             raise ValueError("the training dataset must have a static batch size "
                              "(drop_remainder=True); got an unknown batch dimension.")
+        self.global_batch_size = per_worker_batch * self.num_workers
         if self.global_batch_size % self.strategy.num_replicas_in_sync:
             raise ValueError(
                 f"the global batch size {self.global_batch_size} must be divisible by the "
@@ -218,9 +237,12 @@ class Trainer:
             if self._jax is None:
                 self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.num_dims = int(np.prod(self._shape(spec["targets"])[1:]))
+        # Every worker reads the chief's checkpoints (self.manager). Only the chief writes
+        # them: under TF the others write theirs (TF's multi-worker saving needs every
+        # worker) to a temporary folder outside model_dir, removed when training ends;
+        # under JAX they write nothing.
         ckpt_dir = os.path.join(self.model_dir, "checkpoints")
-        if not self.is_chief:  # other workers write to a throw-away directory
-            ckpt_dir = os.path.join(self.model_dir, "tmp_workers", str(id(self)))
+        self._worker_ckpt_dir = None
         if self._jax is not None:  # one kill-safe .npz file per checkpoint, no TF needed
             from t2t_image.storage import npz_checkpoints
 
@@ -228,13 +250,22 @@ class Trainer:
             self.checkpoint = self._jax.NpzCheckpoint(self.model, self.optimizer, self.step)
             self.manager = npz_checkpoints.NpzCheckpointManager(
                 ckpt_dir, self.keep_checkpoints, self.checkpoint.contents)
+            self._writing_manager = self.manager if self.is_chief else None
         else:
             self.checkpoint = tf.train.Checkpoint(step=self.step, **self._checkpoint_objects())
             # run_guard's manager: its state file never names a half-deleted checkpoint.
-            self.manager = run_guard.CheckpointManager(
+            self.manager = self._writing_manager = run_guard.CheckpointManager(
                 self.checkpoint, ckpt_dir, max_to_keep=self.keep_checkpoints,
                 checkpoint_name="ckpt",
             )
+            if not self.is_chief:
+                import tempfile
+
+                self._worker_ckpt_dir = tempfile.mkdtemp(
+                    prefix=f"t2t_image_worker{self.worker_index}_")
+                self._writing_manager = run_guard.CheckpointManager(
+                    self.checkpoint, self._worker_ckpt_dir, max_to_keep=1,
+                    checkpoint_name="ckpt")
         # Resuming with another architecture fails here, before any step runs.
         run_guard.check_model_config(self.model_dir, self.model)
         # ... and resuming another backend's checkpoints (train() holds the lock).
@@ -245,6 +276,10 @@ class Trainer:
     def _shape(self, spec):
         """The shape of a feature's spec (a TensorSpec, or (shape, dtype) under JAX)."""
         return tuple(spec[0]) if self._jax is not None else tuple(spec.shape.as_list())
+
+    def _batch_dim(self, dataset):
+        spec = dataset.element_spec["targets"]
+        return spec[0][0] if isinstance(spec, tuple) else spec.shape[0]
 
     def _build_optimizers(self):
         """Creates ``self.optimizer`` (and, in subclasses, more); inside the strategy scope."""
@@ -374,7 +409,8 @@ class Trainer:
         dataset = f"{info.source} [{info.split}]" if info is not None else None
         return {"batch_size": self.global_batch_size, "precision": self.precision or "float32",
                 "dataset": dataset, "backend": keras.backend.backend(),
-                "checkpoint_format": run_guard.checkpoint_format()}
+                "checkpoint_format": run_guard.checkpoint_format(),
+                "num_workers": self.num_workers}
 
     def _resume_plan(self):
         """Compares this run's settings with the checkpoints': what ``restore`` must adapt.
@@ -383,11 +419,14 @@ class Trainer:
             ``(keep the data position, the optimizer view to restore into or None)``.
         """
         changes = run_guard.run_settings_changes(self.model_dir, self._run_settings())
+        # The NumPy pipeline's position is global (any worker count continues it); a
+        # tf.data iterator's state belongs to its pipeline, which the worker count changes.
+        restarts = {"batch_size", "dataset"} | ({"num_workers"} if self._jax is None else set())
         for name, (old, new) in changes.items():
             logging.warning("Resuming %s with %s=%r; its checkpoints were trained with %r.%s",
                             self.model_dir, name, new, old,
                             " The training data order restarts from the beginning."
-                            if name in ("batch_size", "dataset") else "")
+                            if name in restarts else "")
         saved_optimizer = None
         old, new = changes.get("precision", (None, None))
         if "mixed_float16" in (old, new):  # a loss-scale optimizer wraps Adam on one side
@@ -398,7 +437,7 @@ class Trainer:
             # Adam's state carries over; the loss scale starts afresh.
             saved_optimizer = (self.optimizer.inner_optimizer if new == "mixed_float16"
                                else tf.train.Checkpoint(inner_optimizer=self.optimizer))
-        return not ({"batch_size", "dataset"} & set(changes)), saved_optimizer
+        return not (restarts & set(changes)), saved_optimizer
 
     # ------------------------------------------------------------------- steps
     def _per_example_nll(self, features, training):
@@ -409,7 +448,7 @@ class Trainer:
     def _make_train_step(self):
         if self._jax is not None:
             return self._jax.make_train_step(self.model, self.optimizer, self.step,
-                                             self.global_batch_size, self.num_dims)
+                                             self.global_batch_size, self.num_dims, self.strategy)
         model, optimizer, strategy = self.model, self.optimizer, self.strategy
         global_batch, num_dims = self.global_batch_size, self.num_dims
         loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
@@ -452,11 +491,16 @@ class Trainer:
         return train_step
 
     def _make_eval_step(self):
+        """``eval_step(batch) -> (NLL sum, images)``; over several workers, of this worker's batch."""
         if self._jax is not None:
-            return self._jax.make_eval_step(self.model)
+            return self._jax.make_eval_step(self.model, local=self.num_workers > 1)
+
         def replica_step(features):
             nll = self._per_example_nll(features, training=False)
             return tf.reduce_sum(nll), tf.cast(tf.shape(nll)[0], tf.float32)
+
+        if self.num_workers > 1:  # no collective per batch: workers hold different counts
+            return tf.function(replica_step)
 
         @tf.function
         def eval_step(features):
@@ -467,18 +511,36 @@ class Trainer:
         return eval_step
 
     # -------------------------------------------------------------- the loops
+    def _sum_over_workers(self, values):
+        """The element-wise sum of a list of floats over all workers (a collective)."""
+        if self._jax is not None:
+            return self._jax.sum_over_processes(values)
+        per_worker = self.strategy.num_replicas_in_sync // self.num_workers
+        local = tf.constant(values, tf.float64)
+
+        def value_fn(context):  # one replica per worker contributes its worker's values
+            first = context.replica_id_in_sync_group % per_worker == 0
+            return local if first else tf.zeros_like(local)
+
+        distributed = self.strategy.experimental_distribute_values_from_function(value_fn)
+        return [float(v) for v in self.strategy.reduce("sum", distributed, axis=None).numpy()]
+
     def _summary_writers(self):
-        """The (train, eval) summary writers, created once per trainer."""
+        """The (train, eval) summary writers, created once per trainer; None off the chief."""
         if getattr(self, "_writers", None) is None:
-            root = self.model_dir if self.is_chief else os.path.join(self.model_dir, "tmp_workers")
+            if not self.is_chief:  # only the chief writes summaries
+                self._writers = (None, None)
+                return self._writers
             create = (self._jax.SummaryWriter if self._jax is not None
                       else tf.summary.create_file_writer)
-            self._writers = (create(os.path.join(root, "train")),
-                             create(os.path.join(root, "eval")))
+            self._writers = (create(os.path.join(self.model_dir, "train")),
+                             create(os.path.join(self.model_dir, "eval")))
         return self._writers
 
     def _write_scalars(self, writer, step, scalars):
-        """Writes TensorBoard scalars of one step and flushes."""
+        """Writes TensorBoard scalars of one step and flushes (nothing without a writer)."""
+        if writer is None:
+            return
         if self._jax is not None:
             writer.scalars(step, scalars)
             return
@@ -497,16 +559,25 @@ class Trainer:
         if self.is_chief and not self._settings_written:  # what a resume compares against
             run_guard.write_run_settings(self.model_dir, self._run_settings())
             self._settings_written = True
-        with self._write_errors_named("checkpoint", step, self.manager.directory):
-            path = self.manager.save(checkpoint_number=step)
-        logging.info("Saved checkpoint %s", path,
-                     extra={"short": f"Saved checkpoint {os.path.basename(path)}"})
+        if self._writing_manager is None:  # a JAX worker other than the chief: one writer
+            from t2t_image.storage import npz_checkpoints
+
+            path = os.path.join(self.manager.directory, f"ckpt-{step}{npz_checkpoints.SUFFIX}")
+        else:
+            with self._write_errors_named("checkpoint", step, self._writing_manager.directory):
+                path = self._writing_manager.save(checkpoint_number=step)
+            if self._writing_manager is self.manager:
+                logging.info("Saved checkpoint %s", path,
+                             extra={"short": f"Saved checkpoint {os.path.basename(path)}"})
+            else:  # TF's rule: the chief writes the real one, the others a throw-away copy
+                path = os.path.join(self.manager.directory, os.path.basename(path))
         self._saved = (step, path)
         return path
 
     def _flush_summaries(self):
         for writer in getattr(self, "_writers", None) or ():
-            writer.flush()
+            if writer is not None:
+                writer.flush()
 
     def train(self):
         """Trains to ``num_train_steps``, resuming from the latest checkpoint.
@@ -523,7 +594,7 @@ class Trainer:
                     "training", "saving a checkpoint after the current step") as signals:
                 self._guard = preemption.TrainingGuard(
                     signals, self._save, self.strategy if self._jax is None else None,
-                    self.manager)
+                    self._writing_manager, agreed=self._jax is not None and self.num_workers > 1)
                 try:
                     return self._train()
                 except preemption.Preempted:
@@ -538,6 +609,10 @@ class Trainer:
                     self._guard = None
         finally:
             self.release_lock()
+            if getattr(self, "_worker_ckpt_dir", None):  # a TF worker's throw-away checkpoints
+                import shutil
+
+                shutil.rmtree(self._worker_ckpt_dir, ignore_errors=True)
 
     def acquire_lock(self):
         """Takes the model_dir lock (chief only; idempotent); fails if a live trainer holds it."""
@@ -549,8 +624,18 @@ class Trainer:
             self._lock.release()
             self._lock = None
 
+    def _distribute(self, dataset):
+        """The strategy's view of this worker's training batches."""
+        if self._jax is None and self.num_workers > 1:  # already this worker's slices
+            local_replicas = self.strategy.num_replicas_in_sync // self.num_workers
+            if local_replicas > 1:  # its devices split its slice (not tested: no GPUs here)
+                dataset = dataset.rebatch(self.global_batch_size
+                                          // self.strategy.num_replicas_in_sync)
+            return self.strategy.distribute_datasets_from_function(lambda context: dataset)
+        return self.strategy.experimental_distribute_dataset(dataset)
+
     def _train(self):
-        distributed = self.strategy.experimental_distribute_dataset(self.train_dataset)
+        distributed = self._distribute(self.train_dataset)
         iterator = iter(distributed)
         # The data iterator's position is checkpointed too, so a resumed run
         # continues the data order instead of restarting it.
@@ -603,9 +688,9 @@ class Trainer:
             if self.eval_every and step % self.eval_every == 0 and step != self.num_train_steps:
                 self.evaluate()
             if self._guard is not None:  # a SIGINT/SIGTERM: checkpoint this step, stop
-                self._guard.check(step)
+                self._guard.check(step, metrics.get("stop"))
         with self._write_errors_named("TensorBoard summaries", step, self.model_dir):
-            train_writer.flush()
+            self._flush_summaries()
         if self.eval_dataset is not None:
             results = self.evaluate()
         if self.sample_every and step % self.sample_every:
@@ -683,14 +768,18 @@ class Trainer:
             raise ValueError("Trainer.eval_dataset_fn is not set: nothing to evaluate on.")
         if checkpoint_path or not self._restored:
             path = self.restore(checkpoint_path, required=not initial_weights)
-        else:
-            path = self.manager.latest_checkpoint
+        else:  # off the chief, the chief's latest checkpoint is the one this trainer saved
+            path = self._saved[1] or self.manager.latest_checkpoint
         dataset = self.eval_dataset
         if self.eval_batches:
             dataset = dataset.take(self.eval_batches)
         step = int(self.step.numpy())
         results = {"step": step, "checkpoint": path}
-        results.update(self._evaluate_split(self.strategy.experimental_distribute_dataset(dataset)))
+        if self.num_workers > 1:  # each worker scores its slices; the sums are added up
+            batches = self._jax.numpy_batches(dataset) if self._jax is not None else dataset
+        else:
+            batches = self.strategy.experimental_distribute_dataset(dataset)
+        results.update(self._evaluate_split(batches))
         summaries = [k for k in self.EVAL_SUMMARIES if k in results]
         logging.info("eval at step %d: %s", step, "  ".join(
             f"{k} {results[k]:.4f}" for k in summaries))
@@ -716,9 +805,13 @@ class Trainer:
         for batch in distributed_dataset:
             preemption.raise_if_stop_requested(
                 "Stopped the evaluation; eval_results.json was not written.")
+            if self.num_workers > 1 and not len(batch["targets"]):
+                continue  # this worker's slice of the split's last partial batch is empty
             t, c = eval_step(batch)
             total += float(t)
             count += float(c)
+        if self.num_workers > 1:
+            total, count = self._sum_over_workers([total, count])
         if count == 0:
             raise ValueError("the evaluation dataset is empty.")
         nats_per_dim = total / (count * self.num_dims)
@@ -792,6 +885,11 @@ class Trainer:
         from t2t_image.sampling import write_image_grid
 
         if not self.is_chief:
+            return
+        if self._jax is not None and self.num_workers > 1:
+            logging.info("No sample grid at step %d: the weights are spread over %d JAX "
+                         "processes; sample a checkpoint with t2t-image-sampler.", step,
+                         self.num_workers)
             return
         try:
             grid = sample_grid_for_summary(self.model, self.num_samples, seed=step,
