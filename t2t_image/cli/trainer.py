@@ -46,6 +46,18 @@ def check_flags(model_dir, gin_files, argv=()):
 
 
 def main(argv):
+    from t2t_image.training import workers
+
+    try:
+        run_job(argv)
+    except workers.WorkerLostError as e:
+        print(f"t2t-image-trainer: error: {e}", file=sys.stderr, flush=True)
+        # The cluster's runtime is broken: a normal exit would wait for the lost worker
+        # (JAX's distributed shutdown), so leave at once.
+        os._exit(1)
+
+
+def run_job(argv):
     from t2t_image.cli import console
     from t2t_image.cli import errors
 

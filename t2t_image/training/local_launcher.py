@@ -81,6 +81,15 @@ def describe_status(status):
     return f"exit status {status}"
 
 
+# Exit statuses of a trainer that stopped at a safe point after a signal (preemption.py).
+STOPPED = {130: "SIGINT", 143: "SIGTERM"}
+
+
+def verb(status):
+    """'stopped' for a worker that stopped after a signal, else 'failed'."""
+    return "stopped" if shell_status(status) in STOPPED and status > 0 else "failed"
+
+
 def shell_status(status):
     """A Popen return code as a shell exit status (128 + signal for a killed process)."""
     return 128 - status if status < 0 else status
@@ -140,6 +149,7 @@ class LocalCluster:
             else:
                 log.close()
             self.procs.append(proc)
+        self._say("worker pids: " + ", ".join(f"{k}: {p.pid}" for k, p in enumerate(self.procs)))
 
     def _tee(self, stream, log):
         with log:
@@ -179,7 +189,7 @@ class LocalCluster:
                     if first_failure is None:
                         first_failure = time.time()
                         if not self._signalled:
-                            self._say(f"worker {index} failed ({describe_status(status)}); "
+                            self._say(f"worker {index} {verb(status)} ({describe_status(status)}); "
                                       f"the others get {self.kill_after:g} s to stop.")
             if not running:
                 break
@@ -203,8 +213,13 @@ class LocalCluster:
         statuses = [proc.returncode for proc in self.procs]
         if all(s == 0 for s in statuses):
             return 0
+        if len(set(statuses)) == 1 and shell_status(statuses[0]) in STOPPED:
+            self._say(f"all {self.num_workers} workers stopped ({describe_status(statuses[0])}, "
+                      f"{STOPPED[shell_status(statuses[0])]}); run the same command again to "
+                      "resume.")
+            return shell_status(statuses[0])
         for index, status in self.failures:
-            self._say(f"worker {index} failed: {describe_status(status)}; log: "
+            self._say(f"worker {index} {verb(status)}: {describe_status(status)}; log: "
                       f"{self.log_path(index)}")
         if len(set(statuses)) == 1:
             return shell_status(statuses[0])

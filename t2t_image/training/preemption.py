@@ -19,17 +19,17 @@ Exit statuses are the shell's convention, 128 + the signal number: 130 for
 SIGINT, 143 for SIGTERM. The command-line tools print the exception's one-line
 message and exit with ``exit_status`` (``t2t_image.cli.errors``).
 
-Multi-worker training (``MultiWorkerMirroredStrategy`` with a cluster) uses
-TensorFlow's ``tf.distribute.experimental.PreemptionCheckpointHandler``: a
-preempted worker announces a step through the coordination service and every
-worker saves at that same step, which a per-worker flag cannot promise. No T2T
-counterpart (tf.estimator saved only every ``save_checkpoints_steps``).
+Multi-worker training: a signal reaches one worker (or all, at different
+moments), but all must save the same step. Each train step reduces the
+workers' stop flags together with the gradients, so every worker learns of a
+stop after the same step and saves it (``TrainingGuard(agreed=True)``), under
+TensorFlow and JAX alike. No T2T counterpart (tf.estimator saved only every
+``save_checkpoints_steps``).
 """
 
 import contextlib
 import os
 import signal
-import sys
 import threading
 
 SIGNAL_NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
@@ -199,27 +199,24 @@ class TrainingGuard:
 
     Backend-neutral: it needs only the step number and a ``save(step)``
     callable that writes a checkpoint (model, optimizer, data iterator) and
-    returns its path. With a multi-worker TF strategy it defers to TF's
-    ``PreemptionCheckpointHandler`` so that every worker saves the same step.
+    returns its path. Several workers must stop after the same step and save
+    it together: their train step reduces every worker's stop flag with the
+    gradients (one collective, both backends), and ``check`` acts on that
+    agreed value (``agreed=True``) instead of this process's own flag.
 
     Args:
         signals: the ``StopOnSignal`` context of the run.
         save: callable ``save(step) -> checkpoint path``; skipped when the
             step is already saved (``saved_step``).
-        strategy: optional ``tf.distribute`` strategy (multi-worker support).
-        manager: the ``tf.train.CheckpointManager`` (multi-worker support).
-        agreed: bool, the workers agree on stopping themselves (JAX processes:
-            each step returns the largest signal any of them received), so
-            ``check`` acts on the ``stop`` it is given, not on this process's flag.
+        agreed: bool, act on the ``stop`` the workers' step agreed on.
     """
 
-    def __init__(self, signals, save, strategy=None, manager=None, agreed=False):
+    def __init__(self, signals, save, agreed=False):
         self.signals = signals
         self.save = save
         self.saved_step = None
         self.saved_path = None
         self.agreed = agreed
-        self._handler = _multi_worker_handler(strategy, manager, self)
 
     def record_save(self, step, path):
         """Tells the guard that ``step`` is already checkpointed at ``path``."""
@@ -228,50 +225,15 @@ class TrainingGuard:
     def check(self, step, stop=None):
         """Call after each step: on a stop request, checkpoint ``step`` and raise ``Preempted``.
 
-        ``stop``: with ``agreed``, the signal number all workers agreed on (0: none).
+        ``stop``: with ``agreed``, what the workers' step reduced their stop flags
+        to (0: no worker was signalled; else a signal number or a sum of them).
         """
-        if self._handler is not None:
-            # Every worker polls; the handler saves at the step all workers agreed on and
-            # then calls _exit_fn, which raises Preempted.
-            self._step = step  # named by exit_fn's Preempted
-            self._handler.save_checkpoint_if_preempted(checkpoint_number=step)
-            return
-        signum = (int(stop) or None) if self.agreed and stop is not None else self.signals.signum
+        signum = self.signals.signum
+        if self.agreed and stop is not None:
+            stop = int(stop)
+            signum = (signum or (stop if stop in SIGNAL_NAMES else signal.SIGTERM)) if stop else None
         if signum is None:
             return
         if self.saved_step != step:
             self.record_save(step, self.save(step))
         raise Preempted(signum, step, self.saved_path)
-
-
-def _multi_worker_handler(strategy, manager, guard):
-    """TF's PreemptionCheckpointHandler for a multi-worker strategy with a cluster, else None."""
-    tf = sys.modules.get("tensorflow")  # never imported here: the JAX loop may run without it
-    if strategy is None or manager is None or tf is None:
-        return None
-
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return None
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().jobs:
-        return None
-
-    def exit_fn():
-        step = getattr(guard, "_step", None)
-        raise Preempted(guard.signals.signum or signal.SIGTERM, step, manager.latest_checkpoint)
-
-    # Ctrl-C on one worker: treated as that worker's preemption (TF's handler watches
-    # SIGTERM), so the whole cluster saves one agreed step and stops.
-    def forward_sigint(signum, frame):
-        del frame
-        guard.signals.signum = guard.signals.signum or signum
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    config = tf.distribute.experimental.TerminationConfig(exit_fn=exit_fn)
-    handler = tf.distribute.experimental.PreemptionCheckpointHandler(
-        resolver, manager, termination_config=config)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, forward_sigint)
-    print("Multi-worker run: SIGTERM/SIGINT go through TF's PreemptionCheckpointHandler "
-          "(all workers save the same step).", file=sys.stderr)
-    return handler

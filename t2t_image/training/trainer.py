@@ -217,6 +217,11 @@ class Trainer:
             raise ValueError("the training dataset must have a static batch size "
                              "(drop_remainder=True); got an unknown batch dimension.")
         self.global_batch_size = per_worker_batch * self.num_workers
+        if self.num_workers > 1 and self.strategy.num_replicas_in_sync != self.num_workers:
+            raise ValueError(
+                f"{self.num_workers} workers hold {self.strategy.num_replicas_in_sync} devices: "
+                "strategy='multi_worker' runs one device per worker process; start one worker "
+                "per device (e.g. CUDA_VISIBLE_DEVICES=k for worker k).")
         if self.global_batch_size % self.strategy.num_replicas_in_sync:
             raise ValueError(
                 f"the global batch size {self.global_batch_size} must be divisible by the "
@@ -467,26 +472,36 @@ class Trainer:
         if self.jit_compile:  # XLA for the model's forward and backward pass
             compute_gradients = tf.function(compute_gradients, jit_compile=True)
 
-        def replica_step(features):
+        def replica_step(features, stop):
             grads, loss = compute_gradients(features)
             # Sum the replicas' gradients here: the optimizer (and its global-norm
-            # clipping) then sees the gradient of the global-batch loss.
-            grads = tf.distribute.get_replica_context().all_reduce("sum", grads)
+            # clipping) then sees the gradient of the global-batch loss. The workers'
+            # stop flags ride along (preemption.TrainingGuard: all stop after one step).
+            # (tf.identity: an input tensor has no device to reduce on under MultiWorker...)
+            reduced = tf.distribute.get_replica_context().all_reduce(
+                "sum", grads + [tf.identity(stop)])
+            grads, stop = reduced[:-1], reduced[-1]
             norm = tf.linalg.global_norm(grads)
             if loss_scaled:
                 norm = norm / tf.cast(optimizer.dynamic_scale, norm.dtype)
-            return grads, loss, norm
+            return grads, loss, norm, stop
 
         @tf.function
-        def train_step(iterator):
+        def compiled_step(iterator, stop):
             features = next(iterator)
-            grads, loss, norm = strategy.run(replica_step, args=(features,))
+            grads, loss, norm, stop = strategy.run(replica_step, args=(features, stop))
             # Gradients are already summed over replicas: take replica 0's copy.
             grads = [strategy.experimental_local_results(g)[0] for g in grads]
             optimizer.apply(grads, model.trainable_variables)
             self.step.assign_add(1)
             return {"loss": strategy.reduce("sum", loss, axis=None),
-                    "gradient_norm": strategy.experimental_local_results(norm)[0]}
+                    "gradient_norm": strategy.experimental_local_results(norm)[0],
+                    "stop": strategy.experimental_local_results(stop)[0]}
+
+        def train_step(iterator):
+            # This worker's stop signal (0: none); summed over the workers in the step.
+            return compiled_step(iterator, tf.constant(preemption.stop_requested() or 0,
+                                                       tf.float32))
 
         return train_step
 
@@ -500,7 +515,7 @@ class Trainer:
             return tf.reduce_sum(nll), tf.cast(tf.shape(nll)[0], tf.float32)
 
         if self.num_workers > 1:  # no collective per batch: workers hold different counts
-            return tf.function(replica_step)
+            return tf.function(replica_step, reduce_retracing=True)
 
         @tf.function
         def eval_step(features):
@@ -592,9 +607,8 @@ class Trainer:
             # and raises preemption.Preempted (the CLI exits 130/143); a second signal quits.
             with preemption.StopOnSignal(
                     "training", "saving a checkpoint after the current step") as signals:
-                self._guard = preemption.TrainingGuard(
-                    signals, self._save, self.strategy if self._jax is None else None,
-                    self._writing_manager, agreed=self._jax is not None and self.num_workers > 1)
+                self._guard = preemption.TrainingGuard(signals, self._save,
+                                                       agreed=self.num_workers > 1)
                 try:
                     return self._train()
                 except preemption.Preempted:
@@ -605,6 +619,12 @@ class Trainer:
                     path = self._save(step) if self._restored else None
                     self._flush_summaries()
                     raise preemption.Preempted(e.signum, step, path) from None
+                except Exception as e:  # noqa: BLE001 - re-raised, renamed if a worker is gone
+                    lost = workers.lost_worker_error(e, self.worker_index, self.num_workers,
+                                                     self.manager.directory)
+                    if lost is None:
+                        raise
+                    raise lost from e
                 finally:
                     self._guard = None
         finally:
@@ -624,19 +644,17 @@ class Trainer:
             self._lock.release()
             self._lock = None
 
-    def _distribute(self, dataset):
-        """The strategy's view of this worker's training batches."""
-        if self._jax is None and self.num_workers > 1:  # already this worker's slices
-            local_replicas = self.strategy.num_replicas_in_sync // self.num_workers
-            if local_replicas > 1:  # its devices split its slice (not tested: no GPUs here)
-                dataset = dataset.rebatch(self.global_batch_size
-                                          // self.strategy.num_replicas_in_sync)
-            return self.strategy.distribute_datasets_from_function(lambda context: dataset)
-        return self.strategy.experimental_distribute_dataset(dataset)
-
     def _train(self):
-        distributed = self._distribute(self.train_dataset)
-        iterator = iter(distributed)
+        if self._jax is None and self.num_workers > 1:
+            # This worker's slices, fed to its one replica: a tf.data iterator checkpoints
+            # its position (the distributed iterator of MultiWorkerMirroredStrategy cannot).
+            # Every worker restores the chief's iterator state, so it must hold the position
+            # only (symbolic), never prefetched batches, which are the chief's slices.
+            options = tf.data.Options()
+            options.experimental_symbolic_checkpoint = True
+            iterator = iter(self.train_dataset.with_options(options))
+        else:
+            iterator = iter(self.strategy.experimental_distribute_dataset(self.train_dataset))
         # The data iterator's position is checkpointed too, so a resumed run
         # continues the data order instead of restarting it.
         self.checkpoint.data_iterator = iterator
@@ -803,8 +821,9 @@ class Trainer:
         eval_step = self._make_eval_step()
         total, count = 0.0, 0.0
         for batch in distributed_dataset:
-            preemption.raise_if_stop_requested(
-                "Stopped the evaluation; eval_results.json was not written.")
+            if self.num_workers == 1:  # several workers finish it together, then stop
+                preemption.raise_if_stop_requested(
+                    "Stopped the evaluation; eval_results.json was not written.")
             if self.num_workers > 1 and not len(batch["targets"]):
                 continue  # this worker's slice of the split's last partial batch is empty
             t, c = eval_step(batch)

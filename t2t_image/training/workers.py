@@ -18,12 +18,37 @@ without these arguments is sliced here, after its batches are made
 
 import json
 import os
+import re
 import sys
 
 from absl import logging
 
 # The environment a launcher or scheduler sets per backend: how many workers it describes.
 JAX_NUM_PROCESSES = "KERAS_DISTRIBUTION_NUM_PROCESSES"
+# What TF's gRPC collectives and JAX's Gloo collectives say when a peer process is gone.
+_PEER_FAILURE = re.compile(r"Collective ops is aborted|Gloo [\w-]+ failed|Connection reset by peer|"
+                           r"Connection refused|Socket closed|failed to connect to all addresses|"
+                           r"heartbeat", re.IGNORECASE)
+
+
+class WorkerLostError(RuntimeError):
+    """A collective of a multi-worker run failed because another worker is gone."""
+
+
+def lost_worker_error(error, worker_index, num_workers, checkpoint_dir):
+    """A ``WorkerLostError`` for ``error`` if it says a peer is gone, else None."""
+    text = str(error)
+    match = _PEER_FAILURE.search(text)
+    if num_workers < 2 or match is None:
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    cause = next((line for line in lines if _PEER_FAILURE.search(line)), match.group(0))
+    task = re.search(r"/job:\w+/replica:\d+/task:(\d+)", text)
+    who = f"worker {task.group(1)}" if task else "another worker"
+    return WorkerLostError(
+        f"worker {worker_index} of {num_workers} stopped: {who} is gone (a collective failed: "
+        f"{cause[:200]}). Start all {num_workers} workers again to resume from the latest "
+        f"complete checkpoint in {checkpoint_dir}.")
 
 
 def environment_workers(uses_tensorflow):

@@ -238,10 +238,9 @@ def test_first_stage_trainer_stops_with_a_checkpoint_on_sigterm(tmp_path):
     assert step >= 3
 
 
-def test_multi_worker_sigterm_goes_through_tf_preemption_handler(tmp_path):
-    """strategy="multi_worker" on a one-worker cluster (TF_CONFIG): TF's
-    PreemptionCheckpointHandler picks the step, saves it and the trainer exits 143.
-    (A real several-worker cluster is not tested here.)"""
+def test_multi_worker_sigterm_on_a_one_worker_cluster(tmp_path):
+    """strategy="multi_worker" on a one-worker cluster (TF_CONFIG): SIGTERM saves the step
+    and the trainer exits 143 (several workers: tests/training/test_multi_worker_training.py)."""
     import json
     import socket
 
@@ -259,5 +258,5 @@ def test_multi_worker_sigterm_goes_through_tf_preemption_handler(tmp_path):
     proc, text = signal_when(cmd, log_path, r"step 5/", signal.SIGTERM,
                              env={"TF_CONFIG": json.dumps(tf_config)})
     assert proc.returncode == 143, text[-3000:]
-    assert "PreemptionCheckpointHandler: checkpoint saved" in text
-    stopped_line(text, "SIGTERM", str(model_dir / "checkpoints"))
+    step, _ = stopped_line(text, "SIGTERM", str(model_dir / "checkpoints"))
+    assert step >= 5
