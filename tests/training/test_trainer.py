@@ -194,36 +194,3 @@ def test_mirrored_strategy_matches_single_device(tmp_path, npz):
                                rtol=1e-4, atol=1e-5)
 
 
-def _free_ports(n):
-    import socket
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def test_multi_worker_two_local_processes_end_with_identical_weights(tmp_path, npz):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        procs.append(_run_script(tmp_path, npz, "multi_worker", name=f"w{index}",
-                                 env={"TF_CONFIG": tf_config, "WORKER": str(index)}))
-    logs = []
-    try:
-        for proc, _ in procs:
-            logs.append(proc.communicate(timeout=300)[0].decode())
-    finally:
-        for proc, _ in procs:
-            proc.kill()
-    for (proc, _), log in zip(procs, logs):
-        assert proc.returncode == 0, log[-3000:]
-    w0 = np.load(procs[0][1] / "weights_0.npy")
-    w1 = np.load(procs[1][1] / "weights_1.npy")
-    np.testing.assert_array_equal(w0, w1)
-    # Only the chief (worker 0) writes the real checkpoints.
-    assert "ckpt-3.index" in os.listdir(procs[0][1] / "model" / "checkpoints")
