@@ -68,6 +68,7 @@ class FirstStageTrainer(Trainer):
     """
 
     EVAL_SUMMARIES = ("psnr", "bicubic_psnr", "l1", "codebook_usage", "perplexity")
+    MULTI_WORKER = False  # its steps and evaluation are not split over workers (untested)
 
     def __init__(
         self,

@@ -74,6 +74,8 @@ class Trainer:
     # The evaluation results also written as TensorBoard scalars.
     # (``bits_per_image_dim`` only for priors over code grids.)
     EVAL_SUMMARIES = ("bits_per_dim", "nats_per_dim", "bits_per_image_dim")
+    # Whether the train and eval steps run on several workers (docs/many-workers.md).
+    MULTI_WORKER = True
 
     def __init__(
         self,
@@ -158,6 +160,10 @@ class Trainer:
             self.strategy = strategy_lib.make_strategy(strategy)
             self.is_chief = strategy_lib.is_chief(self.strategy)
             self.worker_index, self.num_workers = strategy_lib.worker_of(self.strategy)
+        if self.num_workers > 1 and not self.MULTI_WORKER:
+            raise ValueError(f"{type(self).__name__} trains in one process; the environment "
+                             f"describes {self.num_workers} workers (TF_CONFIG or "
+                             "KERAS_DISTRIBUTION_*): run it without t2t-image-launch.")
         # "auto" -> True/False for this precision and device (compilation.py); after the
         # strategy: jax.distributed must start before anything asks JAX for its devices.
         self.jit_compile = compilation.resolve_jit_compile(
