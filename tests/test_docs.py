@@ -114,6 +114,11 @@ def commands(text):
                     args = shlex.split(match.group(2))
                 except ValueError:
                     args = match.group(2).split()
+                if "--" in args:  # t2t-image-launch ... -- COMMAND: the command's own flags
+                    cut = args.index("--")
+                    args, command = args[:cut], args[cut + 1:]
+                    if command and command[0].startswith("t2t-image-"):
+                        yield command[0], command[1:]
                 yield match.group(1), args
 
 
