@@ -2,10 +2,14 @@
 
 Commands are the ``t2t-image-*`` invocations shown in code (fenced blocks and inline code);
 each flag must be one the tool defines (read from the tools themselves, so flags added
-later count as soon as they exist), and ``--noflag`` must name a boolean flag.
+later count as soon as they exist), and ``--noflag`` must name a boolean flag. A tool
+with its own argparse ``parse(argv)`` (the launcher) parses the whole command; the
+command after its ``--`` is checked as a command of its own.
 """
 
+import contextlib
 import importlib
+import io
 import pathlib
 import re
 import shlex
@@ -120,6 +124,10 @@ def commands(text):
                     if command and command[0].startswith("t2t-image-"):
                         yield command[0], command[1:]
                 yield match.group(1), args
+                if "--" in args:  # a launcher's worker command: checked as its own command
+                    rest = args[args.index("--") + 1:]
+                    if rest and rest[0].startswith("t2t-image-"):
+                        yield rest[0], rest[1:]
 
 
 def test_every_command_shown_parses():
@@ -131,10 +139,20 @@ def test_every_command_shown_parses():
             if tool not in known:
                 bad.append(f"{page.name}: unknown tool {tool}")
                 continue
+            parse = getattr(known[tool], "parse", None)
+            if parse is not None and args:  # an argparse tool: its parser judges the command
+                try:
+                    with contextlib.redirect_stderr(io.StringIO()):
+                        parse(args)
+                except SystemExit:
+                    bad.append(f"{page.name}: {tool} {' '.join(args)}")
+                continue
+            if parse is not None:  # the tool named, not a command
+                continue
             if tool not in cache:
                 cache[tool] = tool_flags(known[tool])
             accepted = cache[tool]
-            for arg in args:
+            for arg in args[:args.index("--")] if "--" in args else args:
                 if arg in ("[", "]", "...", "|") or not arg.startswith("--"):
                     continue
                 name = arg[2:].split("=", 1)[0].strip("[]")
