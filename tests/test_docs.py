@@ -162,3 +162,9 @@ def test_every_command_shown_parses():
                     continue
                 bad.append(f"{page.name}: {tool} {arg}")
     assert not bad, bad
+
+
+def test_the_readme_test_command_is_what_ci_runs():
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    command = ci[ci.index("# The test command from README.md, verbatim:") + 1]
+    assert f"\n{command}\n" in text_of(REPO / "README.md")
