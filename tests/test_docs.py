@@ -118,13 +118,9 @@ def commands(text):
                     args = shlex.split(match.group(2))
                 except ValueError:
                     args = match.group(2).split()
-                if "--" in args:  # t2t-image-launch ... -- COMMAND: the command's own flags
-                    cut = args.index("--")
-                    args, command = args[:cut], args[cut + 1:]
-                    if command and command[0].startswith("t2t-image-"):
-                        yield command[0], command[1:]
+                # The whole command (a launcher's parser needs what follows its --) ...
                 yield match.group(1), args
-                if "--" in args:  # a launcher's worker command: checked as its own command
+                if "--" in args:  # ... and t2t-image-launch ... -- COMMAND: COMMAND's own
                     rest = args[args.index("--") + 1:]
                     if rest and rest[0].startswith("t2t-image-"):
                         yield rest[0], rest[1:]
