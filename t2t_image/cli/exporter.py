@@ -53,8 +53,7 @@ def main(argv):
     """
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments (flags need --name=value): {argv[1:]}")
-    if FLAGS.model_dir is None and FLAGS.checkpoint is None:
-        raise app.UsageError("--model_dir (or --checkpoint) is required.")
+    _FLAGS.check_model_source()
     if not FLAGS.export_dir:
         raise app.UsageError("--export_dir is required.")
     if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
@@ -76,21 +75,17 @@ def main(argv):
     except atomic.ExportDirError as e:
         raise app.UsageError(f"--{e}") from e
     from t2t_image.export import export_saved_model
-    from t2t_image.storage.model_loading import load_model_and_first_stage
     from t2t_image.two_stage import export_two_stage_saved_model
 
-    try:
-        model, source, first_stage, first_stage_dir = load_model_and_first_stage(
-            FLAGS.model_dir, FLAGS.checkpoint, FLAGS.first_stage_dir)
-    except (FileNotFoundError, ValueError) as e:
-        raise app.UsageError(str(e)) from e
+    model, source, first_stage, first_stage_dir = _FLAGS.load_model_source()
     if first_stage is not None:
         try:
             export_two_stage_saved_model(model, first_stage, FLAGS.export_dir,
                                          jit_compile=FLAGS.jit_compile, **limits)
         except ValueError as e:  # the two stages do not fit together
-            raise app.UsageError(f"--first_stage_dir={first_stage_dir}: {e}") from e
-        print(f"Exported the two-stage model {source} + {first_stage_dir} to "
+            where = f"--first_stage_dir={first_stage_dir}" if first_stage_dir else source
+            raise app.UsageError(f"{where}: {e}") from e
+        print(f"Exported the two-stage model {source} + {first_stage_dir or 'its first stage'} to "
               f"{FLAGS.export_dir} (endpoints: sample, decode, encode, log_prob, "
               "serving_default)")
         return

@@ -31,6 +31,30 @@ class LazyFlags:
         self.define("string", "first_stage_dir", None, "Model directory of the first stage of "
                     "a two-stage model (default: the one recorded in "
                     "--model_dir/first_stage.json).")
+        self.define("string", "preset", None, "A preset (a name such as cifar10_32_uncond, "
+                    "or a preset folder) to use instead of --model_dir.")
+
+    def check_model_source(self):
+        """UsageError unless exactly one model source is given (--model_dir/--checkpoint or --preset)."""
+        from absl import app
+
+        if FLAGS.preset and (FLAGS.model_dir or FLAGS.checkpoint or FLAGS.first_stage_dir):
+            raise app.UsageError("--preset replaces --model_dir, --checkpoint and "
+                                 "--first_stage_dir: pass one model source.")
+        if not FLAGS.preset and FLAGS.model_dir is None and FLAGS.checkpoint is None:
+            raise app.UsageError("--model_dir (or --checkpoint, or --preset) is required.")
+
+    def load_model_source(self):
+        """``(model, source, first_stage, first_stage_dir)`` of the flags; UsageError if unloadable."""
+        from absl import app
+
+        from t2t_image.storage import model_loading
+
+        try:
+            return model_loading.load_model_source(FLAGS.model_dir, FLAGS.checkpoint,
+                                                   FLAGS.first_stage_dir, FLAGS.preset)
+        except (FileNotFoundError, ValueError) as e:
+            raise app.UsageError(str(e)) from e
 
     def run(self, main, doc):
         """Runs ``main`` under absl with ``doc`` as usage and these flags as key flags."""

@@ -90,8 +90,7 @@ def _main(argv):
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments (flags need --name=value): {argv[1:]}")
-    if FLAGS.model_dir is None and FLAGS.checkpoint is None:
-        raise app.UsageError("--model_dir (or --checkpoint) is required.")
+    _FLAGS.check_model_source()
     check_arguments(FLAGS.num_samples, FLAGS.temperature, FLAGS.seed, FLAGS.label,
                     FLAGS.complete is not None, FLAGS.rows, FLAGS.batch_size, FLAGS.columns,
                     FLAGS.top_k, FLAGS.height, FLAGS.width, FLAGS.size_units, FLAGS.window_stride)
@@ -127,13 +126,7 @@ def _main(argv):
 
 def _load():
     """The model (and the first stage of a two-stage model) the flags name."""
-    from t2t_image.storage.model_loading import load_model_and_first_stage
-
-    try:
-        model, source, first_stage, first_stage_dir = load_model_and_first_stage(
-            FLAGS.model_dir, FLAGS.checkpoint, FLAGS.first_stage_dir)
-    except (FileNotFoundError, ValueError) as e:
-        raise app.UsageError(str(e)) from e
+    model, source, first_stage, first_stage_dir = _FLAGS.load_model_source()
     print(f"Loaded {type(model).__name__} from {source}", file=sys.stderr)
     if first_stage is not None:
         print(f"Loaded the first stage {type(first_stage).__name__} from {first_stage_dir}",

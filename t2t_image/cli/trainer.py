@@ -3,6 +3,9 @@
     t2t-image-trainer --gin_file=gin/quickstart.gin --model_dir=/tmp/run
     t2t-image-trainer --gin_file=... --model_dir=D --mode=eval [--checkpoint=...]
     t2t-image-trainer --model_dir=D --mode=average --num_last=8
+    t2t-image-trainer --mode=eval --preset=cifar10_32_uncond
+    t2t-image-trainer --gin_file=... --model_dir=D --init_from_preset=NAME   # fine-tune
+    t2t-image-trainer --mode=export_preset --model_dir=D --preset_dir=presets/my_model
 """
 
 import json
@@ -20,29 +23,66 @@ LOG_FILE = "trainer.log"  # in --model_dir: every log line in full (absl's forma
 flags.DEFINE_multi_string("gin_file", [], "Gin files, applied in order.")
 flags.DEFINE_multi_string("gin_param", [], "Gin bindings, applied after the files.")
 flags.DEFINE_string("model_dir", None, "Directory of checkpoints, logs and results.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "eval_sr", "average"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "eval_sr", "average", "export_preset"],
                   "train (and evaluate at the end), eval (bits/dim of a checkpoint), eval_sr "
                   "(super-resolution: bits/dim, consistency and a sample grid at temperatures "
-                  "1.0/0.9/0.8), or average (write the average of the last --num_last "
-                  "checkpoints).")
+                  "1.0/0.9/0.8), average (write the average of the last --num_last "
+                  "checkpoints), or export_preset (write the run as a preset to --preset_dir).")
 flags.DEFINE_string("checkpoint", None, "Checkpoint to evaluate (default: the latest).")
 flags.DEFINE_integer("num_last", 5, "How many recent checkpoints --mode=average averages.")
+flags.DEFINE_string("preset", None, "--mode=eval/eval_sr: evaluate this preset (a name or a "
+                    "folder) instead of a checkpoint; without --gin_file, on the preset's own "
+                    "data, and without --model_dir, only printing the results.")
+flags.DEFINE_string("init_from_preset", None, "Training: start a new run from this preset's "
+                    "weights (fine-tuning); the gin config must build the same architecture.")
+flags.DEFINE_string("preset_dir", None, "--mode=export_preset: the preset folder to write.")
+flags.DEFINE_string("preset_description", None, "--mode=export_preset: one sentence for the "
+                    "preset's model card.")
 
 
-def check_flags(model_dir, gin_files, argv=()):
+def check_flags(model_dir, gin_files, argv=(), mode="train", preset=None,
+                init_from_preset=None, preset_dir=None):
     """The flag errors found before anything is imported or written (UsageError)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments (flags need --name=value): {argv[1:]}")
-    if not model_dir:
+    if preset and mode not in ("eval", "eval_sr"):
+        raise app.UsageError(f"--preset is for --mode=eval or eval_sr, not --mode={mode}; to "
+                             "train from a preset use --init_from_preset.")
+    if init_from_preset and mode != "train":
+        raise app.UsageError(f"--init_from_preset is for --mode=train, not --mode={mode}.")
+    if (preset_dir is not None) != (mode == "export_preset"):
+        raise app.UsageError("--mode=export_preset needs --preset_dir (the folder to write), "
+                             "and --preset_dir is only for --mode=export_preset.")
+    if not model_dir and not preset:
         raise app.UsageError("--model_dir is required (the run's directory, e.g. "
                              "--model_dir=/tmp/run).")
-    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    if model_dir and os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise app.UsageError(f"--model_dir={model_dir} is a file, not a directory: pass a new "
                              "or existing run directory.")
-    if not gin_files:
+    if not gin_files and not preset and mode != "export_preset":
         raise app.UsageError("--gin_file is required: the run's configuration, e.g. "
                              "--gin_file=gin/tiny.gin (a trained run's own is in "
                              "MODEL_DIR/operative_config.gin).")
+
+
+def _gin_files(model_dir, preset):
+    """The gin files of a run: --gin_file, else the preset's or the model_dir's own config."""
+    if FLAGS.gin_file:
+        return FLAGS.gin_file
+    if preset is not None:
+        text = preset.metadata.get("gin_config")
+        if not text:
+            raise app.UsageError(f"preset {preset.folder} records no gin config: pass --gin_file.")
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("w", suffix=".gin", delete=False) as f:
+            f.write(text)
+        return [f.name]
+    path = os.path.join(model_dir, "operative_config.gin")
+    if not os.path.isfile(path):
+        raise app.UsageError(f"--model_dir={model_dir} has no operative_config.gin: pass the "
+                             "run's --gin_file.")
+    return [path]
 
 
 def main(argv):
@@ -61,32 +101,46 @@ def run_job(argv):
     from t2t_image.cli import console
     from t2t_image.cli import errors
 
-    check_flags(FLAGS.model_dir, FLAGS.gin_file, argv)
+    check_flags(FLAGS.model_dir, FLAGS.gin_file, argv, FLAGS.mode, FLAGS.preset,
+                FLAGS.init_from_preset, FLAGS.preset_dir)
     errors.import_tensorflow_quietly()
     from t2t_image.cli.gin_utils import parse_gin
-    from t2t_image.training import preemption
+    from t2t_image.storage import presets
     from t2t_image.storage import run_guard
+    from t2t_image.training import preemption
     from t2t_image.training.trainer import NonFiniteLossError
 
-    with errors.user_errors():  # configuration, paths, data, lock, drift
-        parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+    with errors.user_errors(extra=(presets.PresetError,)):  # configuration, paths, data, lock
+        name = FLAGS.preset or FLAGS.init_from_preset
+        preset = presets.load(name) if name else None
+        model_dir = FLAGS.model_dir
+        if model_dir is None:  # --preset without a run directory: results are only printed
+            import tempfile
+
+            model_dir = tempfile.mkdtemp(prefix="t2t_image_eval_")
+        parse_gin(_gin_files(model_dir, preset if FLAGS.preset else None), FLAGS.gin_param)
         from t2t_image import configurables
 
-        trainer = configurables.train_job(FLAGS.model_dir)
+        trainer = configurables.train_job(model_dir)
     # Kept until the process ends (errors.exit_now): freeing a trainer whose data
     # iterator was checkpointed takes TensorFlow seconds to minutes, for nothing.
     _KEEP_UNTIL_EXIT.append(trainer)
     try:
-        with errors.user_errors():
+        with errors.user_errors(extra=(presets.PresetError,)):
             if FLAGS.mode not in ("eval", "eval_sr"):
                 trainer.acquire_lock()  # before anything in model_dir is written
                 if trainer.is_chief:  # the full record; the console gets short lines
-                    console.log_to_file(os.path.join(FLAGS.model_dir, LOG_FILE))
+                    console.log_to_file(os.path.join(model_dir, LOG_FILE))
             trainer.build()  # data, model and optimizer: configuration errors surface here
-            if trainer.is_chief:
+            if preset is not None:  # its architecture must be the gin config's
+                trainer.use_weights_of(preset.model, f"preset {preset.folder}",
+                                       fresh_only=bool(FLAGS.init_from_preset))
+            if trainer.is_chief and FLAGS.mode == "train":
+                write_command(model_dir)
+            if trainer.is_chief and FLAGS.mode != "export_preset":
                 name = ("operative_config_eval.gin" if FLAGS.mode.startswith("eval")
                         else "operative_config.gin")
-                write_operative_config(FLAGS.model_dir, gin.operative_config_str(), name)
+                write_operative_config(model_dir, gin.operative_config_str(), name)
         # Errors from here on are internal (traceback) except these, which name what to do.
         stops = (NonFiniteLossError, run_guard.ModelDirWriteError,
                  run_guard.ModelDirLockedError,
@@ -102,6 +156,8 @@ def run_job(argv):
                         results = trainer.evaluate(FLAGS.checkpoint)
                     elif FLAGS.mode == "eval_sr":
                         results = evaluate_super_resolution(trainer, FLAGS.checkpoint)
+                    elif FLAGS.mode == "export_preset":
+                        results = export_preset(trainer)
                     else:
                         results = {"averaged_checkpoint":
                                    trainer.average_checkpoints(FLAGS.num_last)}
@@ -113,6 +169,26 @@ def run_job(argv):
         step = int(trainer.step.numpy())
         print(f"Training is finished at step {step} of {trainer.num_train_steps}; checkpoints "
               f"in {trainer.manager.directory}", file=sys.stderr)
+
+
+def export_preset(trainer):
+    """Writes the run's preset to --preset_dir; returns what it recorded."""
+    from t2t_image.training.preset_export import export_preset as export
+
+    command = " ".join(["t2t-image-trainer"] + [f"--gin_file={f}" for f in FLAGS.gin_file]
+                       + [f"--gin_param={p}" for p in FLAGS.gin_param]
+                       + [f"--model_dir={FLAGS.model_dir}"])
+    recorded = os.path.join(FLAGS.model_dir, "command.txt")
+    if os.path.isfile(recorded):  # the training command, as its author recorded it
+        with open(recorded) as f:
+            command = f.read().strip()
+    metadata = export(trainer, FLAGS.preset_dir, command=command,
+                      description=FLAGS.preset_description)
+    print(f"Wrote preset {FLAGS.preset_dir}: held-out {metadata['heldout']['bits_per_dim']:.4f} "
+          f"bits/dim on {metadata['heldout']['num_images']} images, "
+          f"{metadata['fingerprint']}.", file=sys.stderr)
+    return {"preset_dir": FLAGS.preset_dir, "heldout": metadata["heldout"],
+            "fingerprint": metadata["fingerprint"]}
 
 
 def evaluate_super_resolution(trainer, checkpoint):
@@ -142,6 +218,16 @@ def evaluate_super_resolution(trainer, checkpoint):
     with open(os.path.join(trainer.model_dir, "sr_eval_results.json"), "w") as f:
         json.dump(results, f, indent=2)
     return results
+
+
+def write_command(model_dir):
+    """Records the command that started the run (command.txt; a preset export copies it)."""
+    import shlex
+
+    path = os.path.join(model_dir, "command.txt")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write(shlex.join(["t2t-image-trainer"] + sys.argv[1:]) + "\n")
 
 
 def write_operative_config(model_dir, config, name):

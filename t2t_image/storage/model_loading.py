@@ -385,3 +385,18 @@ def load_model_and_first_stage(model_dir, checkpoint=None, first_stage_dir=None)
     exact = first_stage_checkpoint(record, first_stage_dir, model_dir)
     first_stage = load_model(first_stage_dir, exact)[0]
     return model, source, first_stage, first_stage_dir
+
+
+def load_model_source(model_dir=None, checkpoint=None, first_stage_dir=None, preset=None):
+    """``load_model_and_first_stage``, or with ``preset`` that preset's model and first stage.
+
+    Returns:
+        ``(model, source, first_stage, first_stage_dir)``: for a preset the source
+        is its folder and ``first_stage_dir`` is None (the first stage ships in it).
+    """
+    if preset:
+        from t2t_image.storage import presets
+
+        loaded = presets.load(preset)
+        return loaded.model, f"preset {loaded.folder}", loaded.first_stage, None
+    return load_model_and_first_stage(model_dir, checkpoint, first_stage_dir)

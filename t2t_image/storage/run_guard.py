@@ -98,6 +98,37 @@ def _architecture(config):
             if k not in HARMLESS_KEYS and not k.endswith(HARMLESS_SUFFIXES)}
 
 
+def architecture_differences(saved, current, saved_as="in the model_dir", current_as="now"):
+    """The architecture settings in which two serialised Keras models differ (a list of text).
+
+    Dropout rates, the dtype policy and the name may differ.
+    """
+    problems = []
+    if saved.get("class_name") != current.get("class_name"):
+        problems.append(f"model class: {saved.get('class_name')} {saved_as}, "
+                        f"{current.get('class_name')} {current_as}")
+    old = _architecture(saved.get("config", {}))
+    new = _architecture(current.get("config", {}))
+    for key in sorted(set(old) | set(new)):
+        if _normalise(old.get(key)) != _normalise(new.get(key)):
+            problems.append(f"{key}: {old.get(key)!r} {saved_as}, {new.get(key)!r} {current_as}")
+    return problems
+
+
+def check_same_architecture(source_model, model, what):
+    """Raises CheckpointMismatchError unless ``model`` has ``source_model``'s architecture.
+
+    ``what`` names the source (e.g. ``preset cifar10_32_uncond``) in the message.
+    """
+    problems = architecture_differences(keras.saving.serialize_keras_object(source_model),
+                                        keras.saving.serialize_keras_object(model),
+                                        f"in {what}", "in the gin config")
+    if problems:
+        raise checkpoint_files.CheckpointMismatchError(
+            f"the configuration's model differs from the one of {what}: " + "; ".join(problems)
+            + ". Use the gin config it was trained with (its metadata.json records it).")
+
+
 def check_model_config(model_dir, model):
     """Compares the model with the one model_dir was trained with.
 
@@ -109,16 +140,7 @@ def check_model_config(model_dir, model):
     if saved is None:
         return None
     path = os.path.join(model_dir, MODEL_CONFIG_NAME)
-    current = keras.saving.serialize_keras_object(model)
-    problems = []
-    if saved.get("class_name") != current.get("class_name"):
-        problems.append(f"model class: {saved.get('class_name')} in the model_dir, "
-                        f"{current.get('class_name')} now")
-    old = _architecture(saved.get("config", {}))
-    new = _architecture(current.get("config", {}))
-    for key in sorted(set(old) | set(new)):
-        if _normalise(old.get(key)) != _normalise(new.get(key)):
-            problems.append(f"{key}: {old.get(key)!r} in the model_dir, {new.get(key)!r} now")
+    problems = architecture_differences(saved, keras.saving.serialize_keras_object(model))
     if problems:
         raise ValueError(
             f"the configuration's model differs from the one {model_dir} was trained with "

@@ -175,6 +175,8 @@ class Trainer:
         self._lock = None
         self._saved = (None, None)  # (step, path) of the last checkpoint this trainer wrote
         self._guard = None  # preemption.TrainingGuard while train() runs
+        self._initial_weights = None  # (weights, source) of use_weights_of(fresh_only=True)
+        self._weights_source = None  # a preset whose weights are being evaluated
 
     # ------------------------------------------------------------------ setup
     def _dataset(self, fn, role, num_classes=None):
@@ -326,6 +328,8 @@ class Trainer:
         (``_restore_other_backend``).
         """
         self.build()
+        if self._weights_source is not None and checkpoint_path is None:
+            return self._weights_source  # a preset's weights, taken by use_weights_of
         self._restored = True
         if checkpoint_path:  # a file of the other backend's format?
             foreign = checkpoint_path if checkpoint_path.endswith(".npz") == (
@@ -395,6 +399,26 @@ class Trainer:
         logging.warning("Using %s, written under KERAS_BACKEND=jax (newer than any TensorFlow "
                         "checkpoint of %s): its model weights and step.", path, self.model_dir)
         return path
+
+    def use_weights_of(self, model, source, fresh_only=False):
+        """Takes the weights of ``model`` (a preset's), after checking its architecture.
+
+        With ``fresh_only`` (fine-tuning) they initialise a training run that has
+        no checkpoint to resume; a run with checkpoints resumes them instead.
+        Otherwise they replace the model's weights now (evaluating a preset).
+
+        Raises:
+            CheckpointMismatchError: naming ``source`` and every differing setting.
+        """
+        self.build()
+        run_guard.check_same_architecture(model, self.model, source)
+        weights = model.get_weights()
+        if fresh_only:
+            self._initial_weights = (weights, source)
+            return
+        self.model.set_weights(weights)
+        self._restored = True
+        self._weights_source = source
 
     def _record_first_stage(self, first_stage_dir):
         """Writes first_stage.json: the exact first-stage checkpoint of the prior's codes.
@@ -667,7 +691,15 @@ class Trainer:
         if self.is_chief:  # train() holds the model_dir lock: no save is in progress
             run_guard.remove_partial_checkpoints(self.manager.directory)
         keep_data_position, saved_optimizer = self._resume_plan()
-        self.restore(data_iterator=keep_data_position, saved_optimizer=saved_optimizer)
+        resumed = self.restore(data_iterator=keep_data_position, saved_optimizer=saved_optimizer)
+        if self._initial_weights is not None:
+            weights, source = self._initial_weights
+            if resumed:
+                logging.info("Resuming %s; --init_from_preset=%s only starts new runs.",
+                             resumed, source)
+            else:
+                self.model.set_weights(weights)
+                logging.info("Initialised the model from %s (fine-tuning).", source)
         train_step = self._make_train_step()
         train_writer, _ = self._summary_writers()
         if self.is_chief:
@@ -792,8 +824,8 @@ class Trainer:
             raise ValueError("Trainer.eval_dataset_fn is not set: nothing to evaluate on.")
         if checkpoint_path or not self._restored:
             path = self.restore(checkpoint_path, required=not initial_weights)
-        else:  # off the chief, the chief's latest checkpoint is the one this trainer saved
-            path = self._saved[1] or self.manager.latest_checkpoint
+        else:  # a preset's weights; off the chief, the latest checkpoint this trainer saved
+            path = self._weights_source or self._saved[1] or self.manager.latest_checkpoint
         dataset = self.eval_dataset
         if self.eval_batches:
             dataset = dataset.take(self.eval_batches)

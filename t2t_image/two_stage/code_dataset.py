@@ -222,4 +222,5 @@ def make_code_dataset(first_stage_dir, image_dataset_fn, batch_size=16, *, train
     # The exact first-stage checkpoint (path, step, content fingerprint): the trainer
     # records it in first_stage.json, and the sampler and exporter decode with it.
     info.first_stage = first_stage_record(first_stage_dir, checkpoint)
+    info.first_stage_model = first_stage  # a preset of the prior ships it
     return ds, info
