@@ -119,6 +119,19 @@ def check_features(spec, count, model, first_stage=None):
     return features
 
 
+def rescore_check(preset):
+    """Re-scores a loaded preset on its recorded check slice (data read from disk again).
+
+    Returns:
+        ``(bits_per_dim now, bits_per_dim recorded)``; they agree within float
+        noise when the preset, the data and the code are what they were.
+    """
+    check = preset.metadata["heldout"]["check"]
+    features = check_features(check["data"], check["num_images"], preset.model,
+                              preset.first_stage)
+    return score(preset.model, [features])[0], check["bits_per_dim"]
+
+
 def _training_record(model_dir):
     """Steps and wall time of the run, from its files and TensorBoard events."""
     record = {}
