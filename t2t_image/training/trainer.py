@@ -17,6 +17,7 @@ import keras
 import numpy as np
 from absl import logging
 
+from t2t_image.storage import backends
 from t2t_image.storage import files
 from t2t_image.storage import run_guard
 from t2t_image.storage.files import tf  # imported on first use: never under JAX
@@ -282,7 +283,7 @@ class Trainer:
         # Resuming with another architecture fails here, before any step runs.
         run_guard.check_model_config(self.model_dir, self.model)
         # ... and resuming another backend's checkpoints (train() holds the lock).
-        self._other_backend = run_guard.other_backend_checkpoint(
+        self._other_backend = backends.other_backend_checkpoint(
             self.model_dir, ckpt_dir, training=self._lock is not None)
         self._built = True
 
@@ -444,7 +445,7 @@ class Trainer:
         dataset = f"{info.source} [{info.split}]" if info is not None else None
         return {"batch_size": self.global_batch_size, "precision": self.precision or "float32",
                 "dataset": dataset, "backend": keras.backend.backend(),
-                "checkpoint_format": run_guard.checkpoint_format(),
+                "checkpoint_format": backends.checkpoint_format(),
                 "num_workers": self.num_workers}
 
     def _resume_plan(self):
