@@ -315,7 +315,7 @@ def test_tensorflow_tools_on_a_jax_run_refuse_training_and_evaluate_its_newest(t
 
     def tree():
         return {os.path.relpath(os.path.join(r, n), run): os.path.getmtime(os.path.join(r, n))
-                for r, _, names in os.walk(run) for n in names}
+                for r, _, names in os.walk(run) for n in names if n != "trainer.log"}
 
     before = tree()
     trained = subprocess.run(_trainer_cli(run, block_tf=False), cwd=REPO,

@@ -141,7 +141,7 @@ def test_damaged_checkpoints_fall_back_for_the_sampler_and_exporter(tmp_path, fo
     (b'{"class_name": "ImageTransformer"', "is damaged (JSONDecodeError"),
     (b"[" * 100_000, "is damaged (RecursionError"),
     (b'{"class_name": "Dense", "config": {"units": 3}}', "does not build a model (TypeError"),
-])
+], ids=["list", "empty_object", "garbage", "truncated", "deep", "not_a_model"])
 def test_a_tampered_model_config_is_named_by_every_reader(tmp_path, content, reason):
     """Issue 24: [1,2] gave "'list' object has no attribute 'built'" in the sampler and an
     AttributeError traceback in the trainer; garbage a decode error not naming the file."""
