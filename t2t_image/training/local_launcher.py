@@ -15,9 +15,11 @@ the terminal. SIGINT/SIGTERM to the launcher go to every worker (each runs in
 its own session, so a terminal's Ctrl-C reaches the workers only once,
 through here). When a worker fails while the others run on, they get
 ``kill_after`` seconds to stop on their own (a collective with a dead peer
-fails), then SIGTERM, then SIGKILL. The exit status is 0 when every worker
-succeeded, the common status when all failed alike (143 after a preemption),
-else the first failed worker's; each failed worker is named on stderr.
+fails), then SIGTERM, then SIGKILL; a worker that stopped after a signal
+(130/143) starts no countdown: the others are saving the same step. The exit
+status is 0 when every worker succeeded, the common status when all failed
+alike (143 after a preemption), else the first failed worker's; each failed
+worker is named on stderr.
 """
 
 import json
@@ -186,10 +188,12 @@ class LocalCluster:
                     running = True
                 elif status != 0 and index not in (i for i, _ in self.failures):
                     self.failures.append((index, status))
-                    if first_failure is None:
+                    # A worker that stopped after a signal: the others are saving the same
+                    # step (however long that takes); only a failure starts the countdown.
+                    if first_failure is None and verb(status) == "failed":
                         first_failure = time.time()
                         if not self._signalled:
-                            self._say(f"worker {index} {verb(status)} ({describe_status(status)}); "
+                            self._say(f"worker {index} failed ({describe_status(status)}); "
                                       f"the others get {self.kill_after:g} s to stop.")
             if not running:
                 break
