@@ -2,12 +2,13 @@
 
     python3 benchmarks/many_workers.py [--num_workers=1,2,4] [--steps=60] [--gin_file=...]
     KERAS_BACKEND=jax python3 benchmarks/many_workers.py ...
+    python3 benchmarks/many_workers.py --equivalence   (2 workers against 1 process)
 
 Runs the trainer as one plain process and through ``t2t-image-launch -n N`` for
 each N, on the same gin file and global batch (each worker computes 1/N of it),
 without evaluation, sample grids or checkpoints between the first and the last
 step, and prints a table of the training examples/s: the median of worker 0's
-logged ``examples_per_second`` after the first ``--skip`` log lines (which
+logged ``examples_per_second`` (``MODEL_DIR/trainer.log``) after the first ``--skip`` log lines (which
 include start-up and compilation). On one host the workers share its cores, so
 this measures the overhead of the collectives and of the extra processes, not
 the speed-up several machines give.
@@ -47,12 +48,44 @@ def run(num_workers, args, model_dir):
     text = proc.stdout + proc.stderr
     if proc.returncode:
         raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{text[-3000:]}")
-    rates = [float(r) for _, r in RATE.findall(text)][args.skip:]
+    with open(os.path.join(model_dir, "trainer.log")) as f:  # the chief's full log lines
+        rates = [float(r) for _, r in RATE.findall(f.read())][args.skip:]
     return statistics.median(rates), len(rates), wall
+
+
+def equivalence():
+    """2 workers x half batch against 1 process x the global batch: the tests' runs, numbers."""
+    import numpy as np
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import keras
+    from tests import multi_worker as mw
+
+    npz = os.path.join("..", "shared", "data", "cifar10", "cifar10_train_exact.npz")
+    root = tempfile.mkdtemp(prefix="equivalence_")
+    try:
+        tmp = __import__("pathlib").Path(root)
+        assert mw.run_in_process(tmp, npz, tmp / "one", eval_every=mw.NUM_STEPS) == 0
+        cluster = mw.run_workers(tmp, npz, tmp / "two", 2, eval_every=mw.NUM_STEPS)
+        if cluster.status != 0:
+            raise SystemExit(mw.log_text(cluster, 0)[-3000:])
+        runs = mw.records(tmp)
+        (one, one_w), (two, two_w) = runs[0]
+        loss_one = np.array([loss for _, loss in one["losses"]])
+        loss_two = np.array([loss for _, loss in two["losses"]])
+        print(f"| {keras.backend.backend()} | {np.abs(loss_two / loss_one - 1).max():.1e} | "
+              f"{np.abs(two_w - one_w).max():.1e} ({np.abs(one_w).max():.2f}) | "
+              f"{one['evals'][-1]['bits_per_dim']:.7f} / {two['evals'][-1]['bits_per_dim']:.7f} | "
+              f"{'yes' if np.array_equal(two_w, runs[1][0][1]) else 'no'} |")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--equivalence", action="store_true",
+                        help="instead: the tests' tiny run as 2 workers and as 1 process "
+                             "(20 steps), one table row of their differences")
     parser.add_argument("--num_workers", default="1,2,4",
                         help="comma-separated worker counts run through the launcher")
     parser.add_argument("--gin_file", default="gin/quickstart.gin")
@@ -61,6 +94,8 @@ def main():
     parser.add_argument("--skip", type=int, default=2,
                         help="first log lines left out (start-up, compilation)")
     args = parser.parse_args()
+    if args.equivalence:
+        return equivalence()
     counts = [int(n) for n in args.num_workers.split(",")]
     rows = []
     root = tempfile.mkdtemp(prefix="many_workers_")
