@@ -214,7 +214,8 @@ def evaluate_super_resolution(trainer, checkpoint):
                      extra={"short": f"Wrote sr_samples.png: per row the input, samples at "
                                      f"temperatures {temperatures}, the original"})
     results["step"] = int(trainer.step.numpy())
-    results["consistency"] = {str(k): v for k, v in results["consistency"].items()}
+    for key in ("consistency", "psnr"):  # per temperature
+        results[key] = {str(k): v for k, v in results[key].items()}
     with open(os.path.join(trainer.model_dir, "sr_eval_results.json"), "w") as f:
         json.dump(results, f, indent=2)
     return results

@@ -17,6 +17,7 @@ import os
 import keras
 import numpy as np
 
+from t2t_image.ops.image_metrics import psnr
 from t2t_image.training.preemption import raise_if_stop_requested
 
 DEFAULT_TEMPERATURES = (1.0, 0.9, 0.8)
@@ -220,6 +221,31 @@ def nll_bits_per_dim(model, batches, max_batches=None):
     return total.bits_per_dim()
 
 
+def shuffled_inputs(features):
+    """The batch with each image's input replaced by the next image's (rolled by one).
+
+    Scoring it against ``features`` shows how much the model uses its input:
+    a model that ignores the low-resolution image scores both alike.
+    """
+    return dict(features, inputs=np.roll(_as_numpy(features["inputs"]), 1, axis=0))
+
+
+def upsample_baselines(low_res, size):
+    """Nearest and bicubic upsampling (Pillow) of uint8 images to ``size`` x ``size``."""
+    from PIL import Image
+
+    out = {"nearest": [], "bicubic": []}
+    for image in np.asarray(low_res, np.uint8):
+        for name, method in (("nearest", Image.NEAREST), ("bicubic", Image.BICUBIC)):
+            out[name].append(np.asarray(Image.fromarray(image).resize((size, size), method)))
+    return {name: np.stack(images) for name, images in out.items()}
+
+
+def _mean_psnr(images, originals):
+    # Identical images have infinite PSNR; cap at 100 dB so a mean stays finite.
+    return float(np.minimum(_as_numpy(psnr(images, originals)), 100.0).mean())
+
+
 # --------------------------------------------------------------------- grid
 def sample_grid(low_res, samples, originals, padding=2, pad_value=255, min_tile_size=None):
     """Lays out one row per example: input, samples, original.
@@ -353,14 +379,20 @@ def evaluate_super_resolution(
 
     Returns:
         dict with ``bits_per_dim`` (float), ``num_images`` (int),
+        ``bits_per_dim_shuffled_inputs`` (the same targets scored with the inputs
+        of other images, ``shuffled_inputs``; None for batches of one),
         ``consistency`` ({temperature: mean over the sampled images}),
-        ``num_sampled`` (int) and ``grid_path`` (str or None).
+        ``psnr`` ({temperature: mean PSNR in dB of the samples against the
+        originals}), ``psnr_baselines`` (nearest and bicubic upsampling of the
+        same inputs against the originals), ``num_sampled`` (int) and
+        ``grid_path`` (str or None).
     """
     if sample_fn is None and grid_path is not None:
         raise ValueError("grid_path needs a sample_fn to draw the samples, got sample_fn=None.")
     temperatures = tuple(float(t) for t in temperatures)
-    total = _NllTotal(model)
+    total, shuffled = _NllTotal(model), _NllTotal(model)
     distances = {t: [] for t in temperatures}
+    fidelity = {t: [] for t in temperatures}
     grid_parts = {"low_res": [], "originals": [], "samples": {t: [] for t in temperatures}}
     for i, batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:
@@ -369,6 +401,8 @@ def evaluate_super_resolution(
         raise_if_stop_requested("Stopped the super-resolution evaluation; nothing was written.")
         features = _features(batch)
         total.add(features)
+        if len(features["targets"]) > 1:
+            shuffled.add(shuffled_inputs(features))
         if sample_fn is None or i >= sample_batches:
             continue
         low_res = _as_numpy(features["inputs"])
@@ -381,18 +415,29 @@ def evaluate_super_resolution(
                     f"{originals.shape}."
                 )
             distances[t].append(consistency(low_res, samples))
+            fidelity[t].append(_as_numpy(psnr(samples, originals)))
             grid_parts["samples"][t].append(samples)
         grid_parts["low_res"].append(low_res)
         grid_parts["originals"].append(originals)
     result = {
         "bits_per_dim": total.bits_per_dim(),
         "num_images": total.num_images,
+        "bits_per_dim_shuffled_inputs": shuffled.bits_per_dim() if shuffled.num_images else None,
         "consistency": {},
+        "psnr": {},
+        "psnr_baselines": {},
         "num_sampled": 0,
         "grid_path": None,
     }
     if sample_fn is not None and grid_parts["low_res"]:
         result["consistency"] = {t: float(np.concatenate(d).mean()) for t, d in distances.items()}
+        result["psnr"] = {t: float(np.minimum(np.concatenate(v), 100.0).mean())
+                          for t, v in fidelity.items()}
+        low_res = np.concatenate(grid_parts["low_res"])
+        originals = np.concatenate(grid_parts["originals"])
+        result["psnr_baselines"] = {
+            name: _mean_psnr(images, originals)
+            for name, images in upsample_baselines(low_res, originals.shape[1]).items()}
         result["num_sampled"] = int(sum(len(x) for x in grid_parts["low_res"]))
         if grid_path is not None:
             k = grid_examples

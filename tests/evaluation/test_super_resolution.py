@@ -14,6 +14,8 @@ from t2t_image.evaluation import nearest_upsample
 from t2t_image.evaluation import nll_bits_per_dim
 from t2t_image.evaluation import sample_grid
 from t2t_image.evaluation import write_sample_grid
+from t2t_image.evaluation.super_resolution import shuffled_inputs
+from t2t_image.evaluation.super_resolution import upsample_baselines
 from t2t_image.models.img2img_transformer import Img2ImgTransformer
 from t2t_image.sampling import reference_sample
 
@@ -212,6 +214,30 @@ def test_evaluate_with_a_known_sampler(tmp_path):
     # Row 2, column 2 (temperature 0.9) is the third example's upsampled input + 9.
     np.testing.assert_array_equal(grid[2 + 2 * 6:2 + 2 * 6 + 4, 2 + 2 * 6:2 + 2 * 6 + 4],
                                   nearest_upsample(low[2:3], 2)[0] + 9)
+
+
+def test_evaluation_scores_shuffled_inputs_and_psnr(tmp_path):
+    model = tiny_model()
+    low, high = images(4, 2, seed=3), images(4, 4, seed=4)
+    batches = [{"inputs": low[:3], "targets": high[:3]}, {"inputs": low[3:], "targets": high[3:]}]
+
+    def sample_fn(inputs, temperature, seed):  # the originals themselves, then off by 16
+        return high[:3].astype(np.int32) + (0 if temperature == 1.0 else 16)
+
+    result = evaluate_super_resolution(model, batches, sample_fn, sample_batches=1)
+    # The batch of one has no other input to borrow: only the first batch is shuffled.
+    rolled = {"inputs": np.roll(low[:3], 1, axis=0), "targets": high[:3]}
+    np.testing.assert_allclose(result["bits_per_dim_shuffled_inputs"],
+                               nll_bits_per_dim(model, [rolled]), rtol=1e-6)
+    assert result["psnr"][1.0] == 100.0  # identical images, capped
+    expected = 10 * np.log10(255.0**2 / 16**2)
+    np.testing.assert_allclose(result["psnr"][0.9], expected, rtol=1e-5)
+    nearest = nearest_upsample(low[:3], 2)
+    np.testing.assert_array_equal(upsample_baselines(low[:3], 4)["nearest"], nearest)
+    mse = ((nearest.astype(float) - high[:3]) ** 2).reshape(3, -1).mean(axis=1)
+    np.testing.assert_allclose(result["psnr_baselines"]["nearest"],
+                               np.mean(10 * np.log10(255.0**2 / mse)), rtol=1e-5)
+    np.testing.assert_array_equal(shuffled_inputs(batches[0])["inputs"][0], low[2])
 
 
 def test_evaluate_with_the_reference_sampler(tmp_path):
