@@ -179,3 +179,19 @@ def test_argument_checks(coded):
             compress(model, pixels)
         with pytest.raises(ValueError, match=r"labels must be in \[0, 10\)"):
             compress(model, pixels, labels + 10)
+
+
+def test_a_preset_is_named_by_its_metadata_fingerprint(tmp_path, coded):
+    presets = pytest.importorskip("t2t_image.storage.presets")
+    from t2t_image.cli.compress import load
+
+    model = coded[0]
+    if isinstance(model, Img2ImgTransformer) or model.likelihood != "cat":
+        pytest.skip("one model kind is enough")
+    written = presets.write(str(tmp_path / "preset"), model, {})
+    loaded, fingerprint = load(None, None, str(tmp_path / "preset"))
+    assert fingerprint == written["fingerprint"] != codec.weights_fingerprint(loaded)
+    # A file of the same weights named by the model directory's fingerprint is another
+    # model's: refused before decoding.
+    with pytest.raises(CompressedFileError, match="compressed by another model"):
+        decompress(loaded, coded[3], fingerprint=fingerprint)
