@@ -35,7 +35,6 @@ def define_flags():
     define = _FLAGS.define
     _FLAGS.define_model_source("A .keras file or TF checkpoint prefix to use instead of the "
                                "model directory's latest.")
-    define_preset_flag(_FLAGS)
     define("string", "output", None, "The .t2tc file to write, or a folder (one file per image).")
     define("integer", "label", None, "Class of every image (class-conditional models; default: "
            "the labels of an .npz input).")
@@ -43,28 +42,12 @@ def define_flags():
     define("boolean", "overwrite", False, "Replace existing output files.")
 
 
-def define_preset_flag(lazy_flags):
-    """``--preset`` (once; the shared model-source flags may define it already)."""
-    if "preset" not in lazy_flags.names:
-        lazy_flags.define("string", "preset", None, "A preset (a name such as cifar10_32_uncond, or "
-                      "a preset folder) to use instead of --model_dir.")
-
-
-def check_model_source():
-    """UsageError unless exactly one model source is given."""
-    if FLAGS.preset and (FLAGS.model_dir or FLAGS.checkpoint):
-        raise app.UsageError("--preset replaces --model_dir and --checkpoint: pass one model "
-                             "source.")
-    if not FLAGS.preset and FLAGS.model_dir is None and FLAGS.checkpoint is None:
-        raise app.UsageError("--model_dir (or --checkpoint, or --preset) is required.")
-
-
 def main(argv):
     """Checks the flags, reads the images, loads the model, compresses, prints the sizes."""
     paths = argv[1:]
     if not paths:
         raise app.UsageError("give the images to compress as arguments (after the flags).")
-    check_model_source()
+    _FLAGS.check_model_source()
     if not FLAGS.output:
         raise app.UsageError("--output is required (a .t2tc file or a folder).")
     if FLAGS.batch_size < 1:
@@ -104,10 +87,8 @@ def load(model_dir, checkpoint, preset=None):
 
     try:
         if preset:
-            try:
-                from t2t_image.storage import presets
-            except ImportError as e:
-                raise app.UsageError(f"--preset={preset}: this t2t_image has no presets.") from e
+            from t2t_image.storage import presets
+
             loaded = presets.load(preset)
             model, source = loaded.model, f"preset {loaded.folder}"
             fingerprint = loaded.metadata["fingerprint"]

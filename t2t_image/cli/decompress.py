@@ -19,7 +19,7 @@ import time
 from absl import app
 from absl import flags
 
-from t2t_image.cli.compress import check_model_source, define_preset_flag, load
+from t2t_image.cli.compress import load
 from t2t_image.cli.lazy_flags import LazyFlags
 
 FLAGS = flags.FLAGS
@@ -31,7 +31,6 @@ def define_flags():
     define = _FLAGS.define
     _FLAGS.define_model_source("A .keras file or TF checkpoint prefix to use instead of the "
                                "model directory's latest.")
-    define_preset_flag(_FLAGS)
     define("string", "output", None, "A folder (PNGs), a .png (one image) or an .npz to write.")
     define("boolean", "allow_other_versions", False, "Decode files made with other Keras or "
            "backend versions or another device type (the pixel checksum still checks them).")
@@ -43,7 +42,7 @@ def main(argv):
     paths = argv[1:]
     if not paths:
         raise app.UsageError("give the .t2tc files to decompress as arguments (after the flags).")
-    check_model_source()
+    _FLAGS.check_model_source()
     if not FLAGS.output:
         raise app.UsageError("--output is required (a folder, a .png or an .npz).")
     from t2t_image.cli import errors
