@@ -182,19 +182,24 @@ class LocalCluster:
         terminated = False
         while True:
             running = False
+            exited = []
             for index, proc in enumerate(self.procs):
                 status = proc.poll()
                 if status is None:
                     running = True
                 elif status != 0 and index not in (i for i, _ in self.failures):
-                    self.failures.append((index, status))
-                    # A worker that stopped after a signal: the others are saving the same
-                    # step (however long that takes); only a failure starts the countdown.
-                    if first_failure is None and verb(status) == "failed":
-                        first_failure = time.time()
-                        if not self._signalled:
-                            self._say(f"worker {index} failed ({describe_status(status)}); "
-                                      f"the others get {self.kill_after:g} s to stop.")
+                    exited.append((index, status))
+            # Several found in one pass: a death by signal (e.g. a SIGKILLed worker) is the
+            # cause, the others' errors its consequence, so it counts as the first failure.
+            for index, status in sorted(exited, key=lambda failure: failure[1] >= 0):
+                self.failures.append((index, status))
+                # A worker that stopped after a signal: the others are saving the same
+                # step (however long that takes); only a failure starts the countdown.
+                if first_failure is None and verb(status) == "failed":
+                    first_failure = time.time()
+                    if not self._signalled:
+                        self._say(f"worker {index} failed ({describe_status(status)}); "
+                                  f"the others get {self.kill_after:g} s to stop.")
             if not running:
                 break
             if first_failure is not None and time.time() - first_failure > self.kill_after:
