@@ -4,6 +4,9 @@
     python3 experiments/reproduce.py --study block_length     # one study
     python3 experiments/reproduce.py --all                    # every study
     python3 experiments/reproduce.py --all --smoke            # tiny settings, seconds per run
+    python3 experiments/reproduce.py --scale=32 --study=block_length \
+        --reuse block256=/work/runs/cifar10_32_uncond          # the presets' setting
+
 
 Every run goes through the real trainer (the ``t2t-image-trainer`` binary, one
 subprocess per run) on the offline data in ../shared/data, with the validation
@@ -11,7 +14,9 @@ split the dataset gin files define (the last 10% of the images). Bits/dim vs
 step comes from the trainer's own TensorBoard evaluation scalars. Each study
 writes ``<out>/reproduction/<study>.json`` and PNG plots; the report
 ``<out>/reproduction.md`` is regenerated from every study result present, so
-studies can run one at a time. Needs matplotlib (``pip install -e ".[study]"``).
+studies can run one at a time. ``--scale=32`` runs the studies at the shipped presets'
+setting instead (experiments/reproduce32.py; finished runs are read with ``--reuse
+NAME=RUN_DIR``) and writes ``<out>/reproduction32.md``. Needs matplotlib (``pip install -e ".[study]"``).
 Run from the repository root.
 """
 
@@ -493,6 +498,40 @@ WHY_NOT = {
 }
 
 
+# The last section of the 16x16 report: how to run the studies at the presets' 32x32 setting.
+SCALE32_SECTION = """## At 32x32: the presets' setting
+
+`--scale=32` runs the studies on the shipped presets' model and schedule instead
+(`gin/presets/cifar10_32_uncond.gin`: 32x32 CIFAR-10, 1D local, categorical, d 128, 4
+layers, batch 8, bfloat16, 1,000 steps, evaluation every 250 steps on all 509 held-out
+images, one seed): each run is the preset with one setting changed. Finished runs, such as
+the presets' own, are read and never retrained with `--reuse NAME=RUN_DIR`: curve from their
+evaluation events, wall time from their training events, command from their command.txt,
+with a warning if their operative config differs from the intended setting in more than the
+schedule. Runs are compared at the last evaluation step they all share (the presets' runs
+evaluate every 500 steps), with each curve's slope over its last two evaluations. The results
+go to reproduction32.md and reproduction32/ beside this page, leaving this report as it is.
+
+```
+R="--scale=32 --work_dir=/work/runs/reproduction32"
+python3 experiments/reproduce.py $R --study=block_length --reuse block256=/work/runs/cifar10_32_uncond
+python3 experiments/reproduce.py $R --study=conditional --reuse unconditional=/work/runs/cifar10_32_uncond --reuse conditional=/work/runs/cifar10_32_cond
+python3 experiments/reproduce.py $R --study=cat_vs_dmol --reuse cat=/work/runs/cifar10_32_uncond
+python3 experiments/reproduce.py $R --study=local_1d_vs_2d --reuse local_1d=/work/runs/cifar10_32_uncond
+python3 experiments/reproduce.py $R --study=super_resolution --reuse img2img=/work/runs/celeba_sr_8_32
+python3 experiments/reproduce.py $R --study=two_stage --reuse first_stage=/work/runs/celeba32_vq --reuse prior=/work/runs/celeba32_prior
+```
+
+New training: block 64, DMOL (parameter count matched through the FFN, blocks of 85 pixels,
+the image area of 256 sub-pixels) and 2D local (query 8x16 sub-pixels, memory flange (8, 8):
+512 memory positions per query, as 1D block 256), 1,000 steps each. Super-resolution adds,
+on the first 50 held-out CelebA pairs, consistency with a bicubic downsampling of the sample
+(the paper's) beside the box one, and the paper's copying check (MS-SSIM to the training
+face whose 8x8 version is nearest; 3 scales and a 3-pixel filter, as 32x32 images cannot hold
+the default 5 scales of 11 pixels). The numbers are filled in once the runs are done.
+"""
+
+
 def _trend(result, order):
     groups = result.get("groups", {})
     if not order or not all(k in groups for k in order):
@@ -565,6 +604,7 @@ def write_report(out_root, smoke):
             lines += [f"![{study}](reproduction/{png})", ""]
         if result.get("samples_grid"):
             lines += [f"![{study} samples](reproduction/{result['samples_grid']})", ""]
+    lines.append(SCALE32_SECTION)
     with open(os.path.join(out_root, "reproduction.md"), "w") as f:
         f.write("\n".join(lines))
 
@@ -584,14 +624,38 @@ def main(argv=None):
                              "or <work_dir>/smoke_docs with --smoke)")
     parser.add_argument("--retries", type=int, default=0,
                         help="rerun a failed trainer run up to this many times (a minute apart)")
+    parser.add_argument("--scale", type=int, choices=(16, 32), default=16,
+                        help="16: the 16x16 studies of docs/reproduction.md; 32: the presets' "
+                             "32x32 setting (experiments/reproduce32.py)")
+    parser.add_argument("--reuse", action="append", default=[], metavar="NAME=RUN_DIR",
+                        help="--scale=32: read this finished run as the study's run NAME "
+                             "instead of training it (repeatable)")
     args = parser.parse_args(argv)
+    reuse = parse_reuse(parser, args)
     global RETRIES
     RETRIES = args.retries
     out_root = args.out or (os.path.join(args.work_dir, "smoke_docs") if args.smoke
                             else os.path.join(REPO, "docs"))
+    sys.path.insert(0, REPO)
+    if args.scale == 32:
+        import reproduce32
+
+        if args.report_only:
+            reproduce32.write_report(out_root)
+            print(f"report: {os.path.join(out_root, 'reproduction32.md')}")
+            return
+        studies = reproduce32.STUDIES if args.all else (args.study,)
+        if args.study and args.study not in reproduce32.STUDIES:
+            parser.error(f"--study={args.study} has no --scale=32 version; choose one of "
+                         f"{', '.join(reproduce32.STUDIES)}.")
+        if "two_stage" in studies and not {"first_stage", "prior"} <= set(reuse):
+            parser.error("--scale=32 two_stage reads the two-stage preset's runs: pass --reuse "
+                         "first_stage=RUN_DIR --reuse prior=RUN_DIR (or run the other studies "
+                         "one by one with --study).")
+        reproduce32.run_studies(studies, args, reuse, out_root)
+        return
     out_dir = os.path.join(out_root, "reproduction")
     os.makedirs(out_dir, exist_ok=True)
-    sys.path.insert(0, REPO)
     if args.report_only:
         write_report(out_root, args.smoke)
         print(f"report: {os.path.join(out_root, 'reproduction.md')}")
@@ -613,5 +677,27 @@ def main(argv=None):
     print(f"report: {os.path.join(out_root, 'reproduction.md')}")
 
 
+def parse_reuse(parser, args):
+    """{NAME: RUN_DIR} of the --reuse flags; fails early on a bad one."""
+    if args.reuse and args.scale != 32:
+        parser.error(f"--reuse is for --scale=32 (the presets' runs), got --scale={args.scale}.")
+    import reproduce32
+
+    reuse = {}
+    for item in args.reuse:
+        name, sep, run_dir = item.partition("=")
+        if not sep or not run_dir:
+            parser.error(f"--reuse must be NAME=RUN_DIR, got --reuse {item!r}.")
+        if name not in reproduce32.REUSE_NAMES:
+            parser.error(f"--reuse {item}: unknown run name {name!r}; the scale-32 studies' "
+                         f"runs are {', '.join(reproduce32.REUSE_NAMES)}.")
+        if not os.path.isdir(run_dir):
+            parser.error(f"--reuse {item}: {run_dir} is not a folder.")
+        reuse[name] = os.path.abspath(run_dir)
+    return reuse
+
+
 if __name__ == "__main__":
-    main()
+    import reproduce  # one module instance: reproduce32 imports this file by that name
+
+    reproduce.main()
