@@ -4,9 +4,8 @@
     python3 experiments/reproduce.py --study block_length     # one study
     python3 experiments/reproduce.py --all                    # every study
     python3 experiments/reproduce.py --all --smoke            # tiny settings, seconds per run
-    python3 experiments/reproduce.py --scale=32 --study=block_length \
+    python3 experiments/reproduce.py --scale=32 --study=block_length \\
         --reuse block256=/work/runs/cifar10_32_uncond          # the presets' setting
-
 
 Every run goes through the real trainer (the ``t2t-image-trainer`` binary, one
 subprocess per run) on the offline data in ../shared/data, with the validation
@@ -16,8 +15,8 @@ writes ``<out>/reproduction/<study>.json`` and PNG plots; the report
 ``<out>/reproduction.md`` is regenerated from every study result present, so
 studies can run one at a time. ``--scale=32`` runs the studies at the shipped presets'
 setting instead (experiments/reproduce32.py; finished runs are read with ``--reuse
-NAME=RUN_DIR``) and writes ``<out>/reproduction32.md``. Needs matplotlib (``pip install -e ".[study]"``).
-Run from the repository root.
+NAME=RUN_DIR``) and writes ``<out>/reproduction32.md``. Needs matplotlib (``pip install
+-e ".[study]"``). Run from the repository root.
 """
 
 import argparse
@@ -523,8 +522,8 @@ python3 experiments/reproduce.py $R --study=two_stage --reuse first_stage=/work/
 ```
 
 New training: block 64, DMOL (parameter count matched through the FFN, blocks of 85 pixels,
-the image area of 256 sub-pixels) and 2D local (query 8x16 sub-pixels, memory flange (8, 8):
-512 memory positions per query, as 1D block 256), 1,000 steps each. Super-resolution adds,
+the image area of 256 sub-pixels) and 2D local (query 8x32 sub-pixels, memory flange (4, 8):
+256 queries and 512 memory positions per block, as 1D block 256), 1,000 steps each. Super-resolution adds,
 on the first 50 held-out CelebA pairs, consistency with a bicubic downsampling of the sample
 (the paper's) beside the box one, and the paper's copying check (MS-SSIM to the training
 face whose 8x8 version is nearest; 3 scales and a 3-pixel filter, as 32x32 images cannot hold

@@ -33,7 +33,7 @@ PRESET_ALIASES = ("block256",)
 SCHEDULE = ("num_train_steps", "eval_every", "checkpoint_every", "log_every",
             "keep_checkpoints", "sample_every", "num_samples")
 DMOL_BLOCK = 85  # pixels: the image area of the categorical block of 256 sub-pixels (256 / 3)
-QUERY_2D, FLANGE_2D = (8, 16), (8, 8)
+QUERY_2D, FLANGE_2D = (8, 32), (4, 8)  # see SETUP['local_1d_vs_2d']
 
 
 def settings(smoke):
@@ -192,7 +192,8 @@ def summarise(runs):
                              "values": [values[step]] if step is not None else [],
                              "last_step": r["curve"][-1][0], "last": r["curve"][-1][1],
                              "slope_per_1000": slope_per_1000(r["curve"]),
-                             "seconds": r.get("seconds"), "reused": r.get("reused", False)}
+                             "seconds": r.get("seconds"), "reused": r.get("reused", False),
+                             "seconds_without_gaps": r.get("seconds_without_gaps")}
     return {"shared_step": step, "groups": groups}
 
 
@@ -300,7 +301,9 @@ def study_two_stage(ctx):
     ctx.plot_curves("two_stage", [prior], key=lambda r: r["name"],
                     ylabel="validation bits per code")
     return dict(runs=[prior], **summarise([prior]), first_stage=first, tables=[table],
-                warnings=ctx.warnings, notes=[f"First stage command: `{first['command']}`."])
+                warnings=ctx.warnings,
+                notes=[f"The prior's column is validation bits per code (not per sub-pixel). "
+                       f"First stage command: `{first['command']}`."])
 
 
 # ------------------------------------------------------------ reporting
@@ -317,15 +320,15 @@ SETUP = {
                    "10 logistics per pixel on the 32x32 pixel grid, block 85 pixels (the same "
                    "image area, 2.66 rows; the 16x16 study's 4 rows do not apply to a 256 "
                    "sub-pixel block), FFN widened so the parameter counts match (params below).",
-    "local_1d_vs_2d": "Equal memory per query. 1D block 256: a query block of 256 sub-pixels "
-                      "attends to itself and the previous block, 512 positions, of which a "
-                      "query sees 256 + its causal prefix (384 on average). 2D local, query "
-                      "(8, 16) with memory flange (8, 8) on the 32x96 sub-pixel grid: memory = "
-                      "8 rows above x (16 + 2 x 8) columns plus 8 rows x (8 + 16 + 8) columns = "
-                      "16 x 32 = 512 positions; the right flange beside the query rows is "
-                      "masked (future), so a query sees 256 above + 64 left + its causal "
-                      "prefix of the 128-position block (384 on average, as 1D). A (8, 32) "
-                      "query with flange (8, 16) would hold 1,024, twice 1D's.",
+    "local_1d_vs_2d": "Equal query block and memory. 1D block 256: a query block of 256 "
+                      "sub-pixels attends to the previous block and itself, 512 positions; a "
+                      "query sees 256 + its causal prefix, 384.5 on average. 2D local on the "
+                      "32x96 sub-pixel grid, query (8, 32) = 256 positions, memory flange (4, "
+                      "8): the strip 4 rows above x (32 + 2 x 8) columns (192), the 8 columns "
+                      "left of the block over its 8 rows (64) and the block itself (256) = 512 "
+                      "positions; a query sees 192 + 64 + its causal prefix, 384.5 on average, "
+                      "as 1D. (A (8, 16) query with flange (8, 8) sees as much on average but "
+                      "holds 448; the suggested (8, 32) with flange (8, 16) would hold 1,024.)",
     "super_resolution": "The celeba_sr_8_32 preset (Img2Img, 2 + 3 layers of d 128, 1D local "
                         "decoder) on CelebA 8x8 -> 32x32; sample metrics on the first 50 "
                         "held-out pairs (train[90%:]); copying check against the 8,100 "
@@ -336,6 +339,14 @@ SETUP = {
 
 def _minutes(seconds):
     return "n/a" if seconds is None else f"{seconds / 60:.1f}"
+
+
+def _wall(group):
+    """Wall time in minutes; a resumed run's time without the gaps between its sessions too."""
+    text, active = _minutes(group["seconds"]), group.get("seconds_without_gaps")
+    if active is not None and group["seconds"] - active > 60:
+        text += f" ({_minutes(active)} without gaps between resumed sessions)"
+    return text
 
 
 def _fmt(value, spec=".3f"):
@@ -399,7 +410,7 @@ def write_report(out_root):
                   "|---|---|---|---|---|---|"]
         for name, g in result["groups"].items():
             lines.append(f"| {name} | {'yes' if g['reused'] else 'no'} | "
-                         f"{_minutes(g['seconds'])} | {_fmt(g['mean'])} | {g['last']:.3f} "
+                         f"{_wall(g)} | {_fmt(g['mean'])} | {g['last']:.3f} "
                          f"({g['last_step']}) | {_fmt(g['slope_per_1000'], '+.3f')} |")
         lines.append("")
         lines += [f"Command of {r['name']}: `{r['command']}`" for r in result["runs"]]
