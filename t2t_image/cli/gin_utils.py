@@ -16,6 +16,25 @@ def _hide_resource_reader_misses(record):
     return not str(record.msg).startswith("Path not found")
 
 
+def _guard_package_probe():
+    # Gin also probes an include such as 'experiments/x.gin' as a file of a Python package
+    # named 'experiments'. A plain folder on sys.path with that name (the repository's own
+    # experiments/, a namespace package) has no origin, and gin's probe raises TypeError
+    # instead of reporting a miss; treat that as a miss so the search path is tried.
+    from gin import config
+    from gin import resource_reader
+
+    def package_file_exists(path):
+        try:
+            return resource_reader.system_path_file_exists(path)
+        except TypeError:
+            return False
+
+    config._FILE_READERS[:] = [  # gin has no public way to replace a registered reader
+        (reader, package_file_exists if exists is resource_reader.system_path_file_exists
+         else exists) for reader, exists in config._FILE_READERS]
+
+
 def parse_gin(gin_files, gin_params):
     """Parses gin files then bindings (later ones override earlier ones).
 
@@ -25,6 +44,7 @@ def parse_gin(gin_files, gin_params):
     from t2t_image import configurables  # noqa: F401  (registers everything)
 
     logging.getLogger().addFilter(_hide_resource_reader_misses)
+    _guard_package_probe()
     if GIN_DIR.is_dir():
         gin.add_config_file_search_path(str(GIN_DIR))
     files = []

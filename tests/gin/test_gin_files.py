@@ -37,6 +37,7 @@ EXPERIMENTS = sorted((GIN_DIR / "experiments").glob("*.gin"))
 DATASETS = sorted((GIN_DIR / "datasets").glob("*.gin"))
 MODELS = sorted((GIN_DIR / "models").glob("*.gin"))
 TOP_LEVEL = [GIN_DIR / "quickstart.gin", GIN_DIR / "tiny.gin"]
+PRESET_FILES = sorted((GIN_DIR / "presets").glob("*.gin"))
 CODES_GIN = "datasets/codes.gin"
 FIRST_STAGE_ROOT = "t2t_image.train_job.trainer_class = @t2t_image.FirstStageTrainer"
 
@@ -580,6 +581,23 @@ def test_experiment_header_names_t2t_set_paper_number_and_data(path):
     paper = paragraph(text, "Paper target:")
     assert t2t and re.search(r"\b(imagetransformer\w*|img2img_transformer\w*)", t2t), t2t
     assert paper and re.search(r"Table \d|\d\.\d\d", paper), paper
+
+
+@pytest.mark.parametrize("path", PRESET_FILES, ids=ids(PRESET_FILES))
+def test_preset_file_parses_from_the_repository_root_and_names_its_origin(path, monkeypatch):
+    # From the repository root the folder experiments/ is importable as a namespace
+    # package; gin's package probe of an include 'experiments/...' must not trip on it.
+    monkeypatch.chdir(GIN_DIR.parent)
+    monkeypatch.syspath_prepend(str(GIN_DIR.parent))
+    parse_gin([str(path.relative_to(GIN_DIR.parent))], [])
+    trainer = FIRST_STAGE_TRAINER if FIRST_STAGE_TRAINER in path.read_text() else "t2t_image.Trainer"
+    assert gin.query_parameter(f"{trainer}.precision") == "mixed_bfloat16"
+    assert gin.query_parameter(f"{trainer}.num_train_steps") > 0
+    text = header(path)
+    whole = " ".join(line.strip() for line in text)
+    assert paragraph(text, "T2T hparams set:") and paragraph(text, "Paper number:"), whole
+    assert "../shared/data" in paragraph(text, "Data:"), whole
+    assert f"t2t-image-trainer --gin_file=gin/presets/{path.name}" in whole, whole
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=ids(EXPERIMENTS))
