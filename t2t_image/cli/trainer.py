@@ -65,24 +65,30 @@ def check_flags(model_dir, gin_files, argv=(), mode="train", preset=None,
                              "MODEL_DIR/operative_config.gin).")
 
 
-def _gin_files(model_dir, preset):
-    """The gin files of a run: --gin_file, else the preset's or the model_dir's own config."""
+def _gin_config(model_dir, preset):
+    """The run's gin configuration as (files, config text): --gin_file, else the preset's
+    recorded config (parsed as text, no file written), else the model_dir's own."""
     if FLAGS.gin_file:
-        return FLAGS.gin_file
+        return FLAGS.gin_file, []
     if preset is not None:
         text = preset.metadata.get("gin_config")
         if not text:
             raise app.UsageError(f"preset {preset.folder} records no gin config: pass --gin_file.")
-        import tempfile
-
-        with tempfile.NamedTemporaryFile("w", suffix=".gin", delete=False) as f:
-            f.write(text)
-        return [f.name]
+        if preset.first_stage is None:
+            return [], [text]
+        # A two-stage prior: its codes come from the preset's own first stage, cached in
+        # the run directory (never in the preset folder).
+        first_stage = repr(os.path.join(preset.folder, "first_stage"))
+        cache = repr(os.path.join(model_dir, "preset_codes"))
+        return [], [text] + [f"{scope}/t2t_image.make_code_dataset.{key} = {value}"
+                             for scope in ("train", "eval")
+                             for key, value in (("first_stage_dir", first_stage),
+                                                ("cache_dir", cache))]
     path = os.path.join(model_dir, "operative_config.gin")
     if not os.path.isfile(path):
         raise app.UsageError(f"--model_dir={model_dir} has no operative_config.gin: pass the "
                              "run's --gin_file.")
-    return [path]
+    return [path], []
 
 
 def main(argv):
@@ -108,6 +114,7 @@ def run_job(argv):
     from t2t_image.storage import presets
     from t2t_image.storage import run_guard
     from t2t_image.training import preemption
+    from t2t_image.training.preset_export import PresetExportError
     from t2t_image.training.trainer import NonFiniteLossError
 
     with errors.user_errors(extra=(presets.PresetError,)):  # configuration, paths, data, lock
@@ -118,7 +125,8 @@ def run_job(argv):
             import tempfile
 
             model_dir = tempfile.mkdtemp(prefix="t2t_image_eval_")
-        parse_gin(_gin_files(model_dir, preset if FLAGS.preset else None), FLAGS.gin_param)
+        files, config_text = _gin_config(model_dir, preset if FLAGS.preset else None)
+        parse_gin(files, config_text + list(FLAGS.gin_param or []))
         from t2t_image import configurables
 
         trainer = configurables.train_job(model_dir)
@@ -146,7 +154,7 @@ def run_job(argv):
                  run_guard.ModelDirLockedError,
                  # checkpoints missing, unreadable, not fitting; NaN weights
                  run_guard.CheckpointNotFoundError, run_guard.CheckpointMismatchError,
-                 run_guard.NonFiniteWeightsError)
+                 run_guard.NonFiniteWeightsError, PresetExportError)
         with errors.user_errors_of(stops):
             if FLAGS.mode == "train":
                 results = trainer.train()  # stops itself on SIGINT/SIGTERM (preemption)

@@ -58,6 +58,17 @@ def _pick(keys, explicit, candidates, what, path, required):
     return None
 
 
+def image_and_label_keys(keys, path, image_key=None, label_key=None):
+    """The image and label array names ``NpzSource`` reads from a file holding ``keys``.
+
+    Explicit names must be present; otherwise the first default present is taken
+    (the label name is None when no label array is found).
+    """
+    keys = set(keys)
+    return (_pick(keys, image_key, _IMAGE_KEYS, "image", path, required=True),
+            _pick(keys, label_key, _LABEL_KEYS, "label", path, required=False))
+
+
 # Largest expansion of deflate (the compression numpy.savez_compressed uses): ~1032:1.
 _MAX_DEFLATE_RATIO = 1032
 
@@ -169,10 +180,9 @@ class NpzSource(Source):
         with npz:
             keys = set(npz.files)
             try:
-                ikey = _pick(keys, self.image_key, _IMAGE_KEYS, "image", path, required=True)
+                ikey, lkey = image_and_label_keys(keys, path, self.image_key, self.label_key)
                 images = _check_images(_read_array(npz, ikey, path), ikey, path)
                 out = {"images": images, "labels": None, "inputs": None, "label_names": None}
-                lkey = _pick(keys, self.label_key, _LABEL_KEYS, "label", path, required=False)
                 if lkey is not None:
                     labels = _read_array(npz, lkey, path)
                     if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(images),):

@@ -80,6 +80,17 @@ def image_grid(images, num_columns=None, padding=2, pad_value=255, min_tile_size
     return grid
 
 
+def png_bytes(grid):
+    """The PNG encoding of a uint8 image ``[height, width, 1 or 3]`` (e.g. a grid)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def write_image_grid(path, images, num_columns=None, padding=2, pad_value=255,
                      min_tile_size=None):
     """Writes ``image_grid(images, ...)`` as a PNG file and returns the grid.
@@ -94,8 +105,6 @@ def write_image_grid(path, images, num_columns=None, padding=2, pad_value=255,
     Returns:
         The uint8 grid that was written.
     """
-    from PIL import Image
-
     grid = image_grid(images, num_columns, padding, pad_value, min_tile_size)
     path = os.fspath(path)
     folder = os.path.dirname(path)
@@ -103,7 +112,8 @@ def write_image_grid(path, images, num_columns=None, padding=2, pad_value=255,
         os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp, format="PNG")
+        with open(tmp, "wb") as f:
+            f.write(png_bytes(grid))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

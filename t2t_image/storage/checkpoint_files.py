@@ -357,7 +357,7 @@ def fingerprint(prefix):
         str, ``sha256:<first 16 hex digits>``.
     """
     digest = hashlib.sha256()
-    if prefix.endswith(".keras"):
+    if prefix.endswith((".keras", ".weights.h5")):  # one file (a preset's weights)
         files = [prefix]
     else:
         folder, base = os.path.split(prefix)

@@ -90,6 +90,13 @@ def _restore(model, folder=None, exact=None):
     return prefix
 
 
+def _is_preset_folder(folder):
+    from t2t_image.storage import presets
+
+    return all(os.path.isfile(os.path.join(folder, name))
+               for name in (presets.CONFIG_FILE, presets.WEIGHTS_FILE))
+
+
 def load_model(model_dir, checkpoint=None):
     """Loads the model of a model directory (see the module docstring).
 
@@ -116,6 +123,10 @@ def load_model(model_dir, checkpoint=None):
 
     if checkpoint is None and model_dir is None:
         raise ValueError("--model_dir (or --checkpoint) is required.")
+    if checkpoint is None and _is_preset_folder(model_dir):  # e.g. a preset's first_stage/
+        from t2t_image.storage import presets
+
+        return presets.load_model_folder(model_dir), os.path.join(model_dir, presets.WEIGHTS_FILE)
     if checkpoint is None and os.path.isfile(os.path.join(model_dir, MODEL_FILE)):
         checkpoint = os.path.join(model_dir, MODEL_FILE)
     if checkpoint is not None and checkpoint.endswith(".keras"):

@@ -143,7 +143,8 @@ def verify(folder):
     return metadata
 
 
-def _load_model(folder, what):
+def load_model_folder(folder, what=None):
+    """The built model of a preset folder (or its ``first_stage/``), unverified."""
     import keras
 
     import t2t_image.models  # noqa: F401  (registers the classes for deserialization)
@@ -156,7 +157,7 @@ def _load_model(folder, what):
         model.load_weights(os.path.join(folder, WEIGHTS_FILE))
     except (OSError, ValueError, TypeError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PresetError(f"preset {what}: cannot load {folder} ({first}).") from None
+        raise PresetError(f"preset {what or folder}: cannot load {folder} ({first}).") from None
     return model
 
 
@@ -164,10 +165,10 @@ def load(name_or_path):
     """Loads a preset (verified first); returns a ``Preset``."""
     folder = resolve(name_or_path)
     metadata = verify(folder)
-    model = _load_model(folder, folder)
+    model = load_model_folder(folder, folder)
     first_stage = None
     if os.path.isdir(os.path.join(folder, FIRST_STAGE_DIR)):
-        first_stage = _load_model(os.path.join(folder, FIRST_STAGE_DIR), folder)
+        first_stage = load_model_folder(os.path.join(folder, FIRST_STAGE_DIR), folder)
     return Preset(os.path.basename(folder), folder, model, first_stage, metadata)
 
 

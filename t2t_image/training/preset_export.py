@@ -8,7 +8,6 @@ re-score under both backends), with a sample grid and a model card.
 """
 
 import datetime
-import io
 import json
 import math
 import os
@@ -20,6 +19,14 @@ from t2t_image.storage import presets
 from t2t_image.storage import run_guard
 
 CHECK_IMAGES = 16
+
+
+class PresetExportError(ValueError):
+    """A run that cannot become a preset (the message names why)."""
+
+
+# Fraction of a prior's check codes that must equal the training pipeline's codes.
+CODE_AGREEMENT = 0.98
 
 
 def as_numpy(batch):
@@ -58,7 +65,7 @@ def score(model, batches, limit=None):
         if limit is not None and count >= limit:
             break
     if count == 0:
-        raise ValueError("the evaluation split is empty: nothing to score the preset on.")
+        raise PresetExportError("the evaluation split is empty: nothing to score the preset on.")
     return total / (count * model.num_dims * math.log(2.0)), count
 
 
@@ -92,6 +99,7 @@ def check_features(spec, count, model, first_stage=None):
     two-stage model the images become code grids through ``first_stage``.
     """
     from t2t_image.data import splits
+    from t2t_image.data.npz_source import image_and_label_keys
 
     from t2t_image.data.numpy_pipeline import area_resize_numpy
 
@@ -101,15 +109,20 @@ def check_features(spec, count, model, first_stage=None):
         return area_resize_numpy(images, size).astype(np.int32)
 
     image_model = first_stage if first_stage is not None else model
-    with np.load(spec["path"]) as data:
-        images = data[spec["image_key"] or "x"]
+    with np.load(spec["path"]) as data:  # array names as NpzSource picks them
+        image_key, label_key = image_and_label_keys(data.files, spec["path"], spec["image_key"],
+                                                    spec["label_key"])
+        images = data[image_key]
         parts = splits.parse_split(spec["split"])
         if len(parts) != 1:
-            raise ValueError(f"check slices come from one split part, got {spec['split']!r}.")
+            raise PresetExportError(f"check slices come from one split part, got {spec['split']!r}.")
         index = np.asarray(parts[0].indices(len(images)))[:count]
         features = {"targets": sized(images[index], image_model.image_height)}
-        if spec.get("label_key"):
-            features["labels"] = data[spec["label_key"]][index].astype(np.int32)
+        if getattr(model, "num_classes", None) is not None:
+            if label_key is None:
+                raise PresetExportError(f"{spec['path']} has no label array for the "
+                                        "class-conditional model's check slice.")
+            features["labels"] = data[label_key][index].astype(np.int32)
         if spec.get("inputs_key"):
             features["inputs"] = sized(data[spec["inputs_key"]][index], model.input_height)
     if first_stage is not None:
@@ -214,10 +227,11 @@ def export_preset(trainer, preset_dir, command=None, description=None,
         The metadata written.
     """
     from t2t_image.sampling import sample_grid_for_summary
-    from t2t_image.sampling import write_image_grid
+    from t2t_image.sampling.grids import image_grid
+    from t2t_image.sampling.grids import png_bytes
 
     if trainer.eval_dataset is None:
-        raise ValueError("exporting a preset needs t2t_image.Trainer.eval_dataset_fn: the "
+        raise PresetExportError("exporting a preset needs t2t_image.Trainer.eval_dataset_fn: the "
                          "preset records its held-out bits/dim.")
     source = trainer.restore(required=True)
     step = int(trainer.step.numpy())
@@ -225,8 +239,10 @@ def export_preset(trainer, preset_dir, command=None, description=None,
     decode = getattr(trainer.train_info, "decode_codes", None)
     first_stage = getattr(trainer.train_info, "first_stage_model", None)
     if decode is not None and first_stage is None:
-        raise ValueError("the run is a prior over codes but its dataset does not expose its "
+        raise PresetExportError("the run is a prior over codes but its dataset does not expose its "
                          "first-stage model; cannot make a self-contained preset.")
+    if first_stage is not None:  # the preset encodes in float32, as it is stored
+        first_stage = float32_copy(first_stage)
     bits, count = score(model, trainer.eval_dataset)
     check_bits, check_count = score(model, trainer.eval_dataset, limit=check_images)
     check = {"num_images": check_count, "bits_per_dim": check_bits}
@@ -236,19 +252,23 @@ def export_preset(trainer, preset_dir, command=None, description=None,
         features = check_features(spec, check_count, model, first_stage)
         seen = as_numpy(next(iter(trainer.eval_dataset)))
         n = min(len(seen["targets"]), check_count)
-        if any(not np.array_equal(features[k][:n], seen[k][:n]) for k in features):
-            raise ValueError(f"the held-out slice read from {spec['path']} ({spec['split']}) "
-                             "differs from the evaluation data: cannot record a check slice.")
+        same = {k: float(np.mean(features[k][:n] == seen[k][:n]))
+                if features[k][:n].shape == seen[k][:n].shape else 0.0 for k in features}
+        # A prior's held-out codes were tokenized in the first stage's training precision;
+        # in float32 a few codes near a tie between two codebook entries may flip.
+        if min(same.values()) < (CODE_AGREEMENT if first_stage is not None else 1.0):
+            raise PresetExportError(f"the held-out slice read from {spec['path']} ({spec['split']}) "
+                             "differs from the evaluation data (equal fractions "
+                             f"{ {k: round(v, 4) for k, v in same.items()} }): cannot "
+                             "record a check slice.")
+        # The check is what rescore_check recomputes: the slice read from disk.
+        check["bits_per_dim"] = score(model, [features])[0]
+        check["bits_per_dim_pipeline"] = check_bits
         check["data"] = spec
     labelled = getattr(model, "num_classes", None) is not None
     grid = sample_grid_for_summary(model, num_samples, seed=seed, decode=decode,
                                    eval_dataset=None if labelled else trainer.eval_dataset)
-    buffer = io.BytesIO()
-    tmp = os.path.join(os.path.dirname(os.path.abspath(preset_dir)), ".samples.png")
-    write_image_grid(tmp, grid[None], num_columns=1, padding=0)
-    with open(tmp, "rb") as f:
-        buffer.write(f.read())
-    os.remove(tmp)
+    png = png_bytes(image_grid(grid[None], num_columns=1, padding=0))
     info = trainer.train_info
     name = os.path.basename(os.path.abspath(preset_dir))
     operative = os.path.join(trainer.model_dir, "operative_config.gin")
@@ -271,4 +291,4 @@ def export_preset(trainer, preset_dir, command=None, description=None,
     }
     card = model_card(name, metadata).encode()
     return presets.write(preset_dir, model, metadata, first_stage=first_stage,
-                         extra_files={"README.md": card, "samples.png": buffer.getvalue()})
+                         extra_files={"README.md": card, "samples.png": png})

@@ -61,3 +61,27 @@ def test_first_stage_prior_sampler_and_exporter(tmp_path):
 
     tool("exporter", f"--model_dir={prior}", f"--export_dir={tmp_path / 'export'}")
     assert (tmp_path / "export" / "saved_model.pb").is_file()
+
+    # A two-stage preset carries its first stage: once written, it evaluates and samples
+    # without the run directories (codes are cached in the evaluation's model_dir).
+    from t2t_image.storage import presets
+    from t2t_image.training.preset_export import rescore_check
+
+    tool("trainer", "--mode=export_preset", f"--model_dir={prior}",
+         f"--preset_dir={tmp_path / 'preset'}")
+    os.rename(first, tmp_path / "vq_moved")
+    loaded = presets.load(str(tmp_path / "preset"))
+    assert sorted(os.listdir(tmp_path / "preset" / "first_stage")) == ["config.json",
+                                                                       "model.weights.h5"]
+    now, recorded = rescore_check(loaded)
+    assert abs(now - recorded) < 1e-4
+    files_before = sorted(os.listdir(tmp_path / "preset"))
+    out = tool("trainer", "--mode=eval", f"--preset={tmp_path / 'preset'}",
+               f"--model_dir={tmp_path / 'eval'}")
+    evaluated = json.loads(out.stdout.strip().splitlines()[-1])
+    assert evaluated["bits_per_dim"] < 5.0
+    assert sorted(os.listdir(tmp_path / "preset")) == files_before  # nothing written there
+    assert len(list((tmp_path / "eval" / "preset_codes").glob("*.npz"))) == 2
+    tool("sampler", f"--preset={tmp_path / 'preset'}", "--num_samples=2", "--seed=3",
+         f"--output={tmp_path / 'p.png'}", f"--npz={tmp_path / 'p.npz'}", "--noprogress")
+    assert np.load(tmp_path / "p.npz")["samples"].shape == (2, 16, 16, 3)
