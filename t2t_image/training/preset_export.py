@@ -160,6 +160,23 @@ def _training_record(model_dir):
     return record
 
 
+def _first_stage_record(prior_dir, first_stage):
+    """How the first stage of a two-stage prior was trained: command, steps, time, evaluation."""
+    from t2t_image.storage.model_loading import first_stage_record_of
+
+    record = {"class_name": type(first_stage).__name__,
+              "parameters": int(first_stage.count_params())}
+    found = first_stage_record_of(prior_dir)
+    folder = found.get("first_stage_dir") if found else None
+    if folder and os.path.isdir(folder):
+        record.update(_training_record(folder))
+        command = os.path.join(folder, "command.txt")
+        if os.path.isfile(command):
+            with open(command) as f:
+                record["command"] = f.read().strip()
+    return record
+
+
 def _event_span(folder):
     """Seconds from the first to the last TensorBoard event in ``folder`` (None if none).
 
@@ -179,23 +196,40 @@ def _event_span(folder):
     return round(max(times) - min(times), 1) if len(times) > 1 else None
 
 
+def _first_stage_lines(record):
+    if not record:
+        return ""
+    evaluated = record.get("trainer_eval", {})
+    lines = [f"- First stage: `{record['class_name']}`, {record['parameters']:,} parameters"]
+    if "psnr" in evaluated:
+        lines[-1] += (f"; held-out PSNR {evaluated['psnr']:.2f} dB (bicubic upsampling of the "
+                      "image area-downsampled to the code grid's size: "
+                      f"{evaluated.get('bicubic_psnr', float('nan')):.2f} dB)")
+    if record.get("wall_time_s"):
+        lines[-1] += f"; trained in {record['wall_time_s'] / 60:.1f} minutes"
+    if record.get("command"):
+        lines.append(f"- First-stage command: `{record['command']}`")
+    return "\n" + "\n".join(lines)
+
+
 def model_card(name, metadata):
     """The preset's README.md: what it is, how it was made, what it is for and not for."""
     held = metadata["heldout"]
     training = metadata["training"]
     minutes = (f"{training['wall_time_s'] / 60:.1f} minutes"
                if training.get("wall_time_s") else "unknown time")
+    unit = "bits per code" if metadata.get("first_stage") else "bits/dim"
     return f"""# Preset `{name}`
 
 {metadata.get('description') or 'A model trained with t2t_image.'}
 
 - Model: `{metadata['model']['class_name']}`, {metadata['model']['parameters']:,} parameters.
 - Data: {metadata['data']['train']} (training), {metadata['data']['eval']} (held out).
-- Held-out: **{held['bits_per_dim']:.4f} bits/dim** on {held['num_images']} images
+- Held-out: **{held['bits_per_dim']:.4f} {unit}** on {held['num_images']} images
   (float32; the first {held['check']['num_images']} images: {held['check']['bits_per_dim']:.4f}).
 - Training: {training['steps']} steps in {minutes} (`{training.get('precision')}`), made
   {metadata['date']} with t2t_image {metadata['package_version']}.
-- Command: `{metadata['command']}`
+- Command: `{metadata['command']}`{_first_stage_lines(metadata.get('first_stage'))}
 
 ```python
 import t2t_image
@@ -289,6 +323,8 @@ def export_preset(trainer, preset_dir, command=None, description=None,
         "training": dict(_training_record(trainer.model_dir), steps=step,
                          precision=trainer.precision or "float32"),
     }
+    if first_stage is not None:
+        metadata["first_stage"] = _first_stage_record(trainer.model_dir, first_stage)
     card = model_card(name, metadata).encode()
     return presets.write(preset_dir, model, metadata, first_stage=first_stage,
                          extra_files={"README.md": card, "samples.png": png})
