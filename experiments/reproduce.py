@@ -5,7 +5,7 @@
     python3 experiments/reproduce.py --all                    # every study
     python3 experiments/reproduce.py --all --smoke            # tiny settings, seconds per run
     python3 experiments/reproduce.py --scale=32 --study=block_length \\
-        --reuse block256=/work/runs/cifar10_32_uncond          # the presets' setting
+        --reuse block256=runs/cifar10_32_uncond          # the presets' setting
 
 Every run goes through the real trainer (the ``t2t-image-trainer`` binary, one
 subprocess per run) on the offline data in ../shared/data, with the validation
@@ -512,13 +512,13 @@ evaluate every 500 steps), with each curve's slope over its last two evaluations
 go to reproduction32.md and reproduction32/ beside this page, leaving this report as it is.
 
 ```
-R="--scale=32 --work_dir=/work/runs/reproduction32"
-python3 experiments/reproduce.py $R --study=block_length --reuse block256=/work/runs/cifar10_32_uncond
-python3 experiments/reproduce.py $R --study=conditional --reuse unconditional=/work/runs/cifar10_32_uncond --reuse conditional=/work/runs/cifar10_32_cond
-python3 experiments/reproduce.py $R --study=cat_vs_dmol --reuse cat=/work/runs/cifar10_32_uncond
-python3 experiments/reproduce.py $R --study=local_1d_vs_2d --reuse local_1d=/work/runs/cifar10_32_uncond
-python3 experiments/reproduce.py $R --study=super_resolution --reuse img2img=/work/runs/celeba_sr_8_32
-python3 experiments/reproduce.py $R --study=two_stage --reuse first_stage=/work/runs/celeba32_vq --reuse prior=/work/runs/celeba32_prior
+R="--scale=32 --work_dir=runs/reproduction32"
+python3 experiments/reproduce.py $R --study=block_length --reuse block256=runs/cifar10_32_uncond
+python3 experiments/reproduce.py $R --study=conditional --reuse unconditional=runs/cifar10_32_uncond --reuse conditional=runs/cifar10_32_cond
+python3 experiments/reproduce.py $R --study=cat_vs_dmol --reuse cat=runs/cifar10_32_uncond
+python3 experiments/reproduce.py $R --study=local_1d_vs_2d --reuse local_1d=runs/cifar10_32_uncond
+python3 experiments/reproduce.py $R --study=super_resolution --reuse img2img=runs/celeba_sr_8_32
+python3 experiments/reproduce.py $R --study=two_stage --reuse first_stage=runs/celeba32_vq --reuse prior=runs/celeba32_prior
 ```
 
 New training: block 64, DMOL (parameter count matched through the FFN, blocks of 85 pixels,
@@ -527,7 +527,7 @@ the image area of 256 sub-pixels) and 2D local (query 8x32 sub-pixels, memory fl
 on the first 50 held-out CelebA pairs, consistency with a bicubic downsampling of the sample
 (the paper's) beside the box one, and the paper's copying check (MS-SSIM to the training
 face whose 8x8 version is nearest; 3 scales and a 3-pixel filter, as 32x32 images cannot hold
-the default 5 scales of 11 pixels). The numbers are filled in once the runs are done.
+the default 5 scales of 11 pixels). Results: [reproduction32.md](reproduction32.md).
 """
 
 
