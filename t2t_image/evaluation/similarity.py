@@ -20,6 +20,7 @@ import numpy as np
 
 from t2t_image.evaluation.super_resolution import _check_images
 from t2t_image.evaluation.super_resolution import box_downsample
+from t2t_image.evaluation.super_resolution import consistency_after
 from t2t_image.evaluation.super_resolution import downsampling_factor
 
 # tf.image.ssim_multiscale's five power factors (Wang et al. 2003), first three renormalised.
@@ -65,15 +66,10 @@ def bicubic_consistency(low_res, samples):
     Returns:
         float64 array `[batch]`.
     """
-    low_res = _check_images("low_res", low_res)
-    samples = _check_images("samples", samples)
-    if low_res.shape[0] != samples.shape[0]:
-        raise ValueError(f"low_res and samples must hold the same number of images, got "
-                         f"{low_res.shape[0]} and {samples.shape[0]}.")
-    downsampling_factor(low_res.shape, samples.shape)  # checks the sizes
-    down = bicubic_downsample(samples, low_res.shape[1]) / 255.0
-    diff = down - low_res.astype(np.float64) / 255.0
-    return np.mean(np.square(diff).reshape(diff.shape[0], -1), axis=1)
+    def downsample(images, factor):
+        return bicubic_downsample(images, images.shape[1] // factor)
+
+    return consistency_after(low_res, samples, downsample)
 
 
 def ms_ssim(images_a, images_b, power_factors=POWER_FACTORS_3, filter_size=FILTER_SIZE,

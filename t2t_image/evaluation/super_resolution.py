@@ -134,6 +134,12 @@ def consistency(low_res, samples):
         float64 array `[batch]`: the per-image consistency (lower is better;
         average it over a data set for the reported number).
     """
+    return consistency_after(low_res, samples, box_downsample)
+
+
+def consistency_after(low_res, samples, downsample):
+    """``consistency`` with another downsampling: ``downsample(samples, factor)``
+    returns the samples at the input size on their 0..255 scale."""
     low_res = _check_images("low_res", low_res)
     samples = _check_images("samples", samples)
     if low_res.shape[0] != samples.shape[0]:
@@ -142,7 +148,7 @@ def consistency(low_res, samples):
             f"{low_res.shape[0]} and {samples.shape[0]}."
         )
     factor = downsampling_factor(low_res.shape, samples.shape)
-    down = box_downsample(samples, factor) / 255.0
+    down = downsample(samples, factor) / 255.0
     diff = down - low_res.astype(np.float64) / 255.0
     return np.mean(np.square(diff).reshape(diff.shape[0], -1), axis=1)
 
